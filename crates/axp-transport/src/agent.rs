@@ -158,9 +158,18 @@ mod tests {
     #[test]
     fn each_agent_error_maps_to_its_own_grpc_code() {
         let cases = [
-            (AgentError::InvalidArgument("x".into()), Code::InvalidArgument),
-            (AgentError::Unauthenticated("x".into()), Code::Unauthenticated),
-            (AgentError::PermissionDenied("x".into()), Code::PermissionDenied),
+            (
+                AgentError::InvalidArgument("x".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                AgentError::Unauthenticated("x".into()),
+                Code::Unauthenticated,
+            ),
+            (
+                AgentError::PermissionDenied("x".into()),
+                Code::PermissionDenied,
+            ),
             (
                 AgentError::FailedPrecondition("x".into()),
                 Code::FailedPrecondition,
@@ -170,7 +179,10 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (AgentError::Unavailable("x".into()), Code::Unavailable),
-            (AgentError::DeadlineExceeded("x".into()), Code::DeadlineExceeded),
+            (
+                AgentError::DeadlineExceeded("x".into()),
+                Code::DeadlineExceeded,
+            ),
             (AgentError::Cancelled("x".into()), Code::Cancelled),
             (AgentError::Internal("x".into()), Code::Internal),
         ];

@@ -89,7 +89,10 @@ impl std::fmt::Debug for ClientOptions {
             .field("max_encoding_message_size", &self.max_encoding_message_size)
             .field("gzip", &self.gzip)
             .field("tls", &self.tls)
-            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("keepalive", &self.keepalive)
             .finish()
     }
@@ -110,7 +113,10 @@ impl std::fmt::Debug for TlsOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsOptions")
             .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<pem>"))
-            .field("client_identity", &self.client_identity.as_ref().map(|_| "<pem>"))
+            .field(
+                "client_identity",
+                &self.client_identity.as_ref().map(|_| "<pem>"),
+            )
             .field("domain", &self.domain)
             .finish()
     }
@@ -193,9 +199,15 @@ impl ClientError {
 /// tonic reports a refused or reset connection as UNAVAILABLE with a transport message.
 fn is_connect_message(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
-    ["error trying to connect", "connection refused", "tcp connect error", "transport error", "dns error"]
-        .iter()
-        .any(|needle| message.contains(needle))
+    [
+        "error trying to connect",
+        "connection refused",
+        "tcp connect error",
+        "transport error",
+        "dns error",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
 }
 
 impl From<Status> for ClientError {
@@ -261,7 +273,9 @@ impl AxpClient {
             .map(|token| {
                 format!("Bearer {token}")
                     .parse()
-                    .map_err(|_| ClientError::InvalidMetadata { what: "the bearer token" })
+                    .map_err(|_| ClientError::InvalidMetadata {
+                        what: "the bearer token",
+                    })
             })
             .transpose()?;
         Ok(Self {
@@ -281,10 +295,13 @@ impl AxpClient {
     pub async fn dial(endpoint: &str, options: ClientOptions) -> Result<Self, ClientError> {
         let mut client = Self::new(endpoint, options)?;
         let builder = Self::endpoint(&client.endpoint, &client.options)?;
-        client.channel = builder.connect().await.map_err(|source| ClientError::Connect {
-            endpoint: client.endpoint.clone(),
-            source,
-        })?;
+        client.channel = builder
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                endpoint: client.endpoint.clone(),
+                source,
+            })?;
         Ok(client)
     }
 
@@ -310,10 +327,12 @@ impl AxpClient {
             if let Some(domain) = &tls.domain {
                 config = config.domain_name(domain.clone());
             }
-            builder = builder.tls_config(config).map_err(|source| ClientError::Tls {
-                endpoint: endpoint.to_owned(),
-                source,
-            })?;
+            builder = builder
+                .tls_config(config)
+                .map_err(|source| ClientError::Tls {
+                    endpoint: endpoint.to_owned(),
+                    source,
+                })?;
         }
         Ok(builder)
     }
@@ -337,7 +356,9 @@ impl AxpClient {
     fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         if let Some(bearer) = &self.bearer {
-            request.metadata_mut().insert("authorization", bearer.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
         }
         request
     }
@@ -363,9 +384,9 @@ impl AxpClient {
             exec_id: exec_id.to_owned(),
             start: Some(start),
         });
-        let exec_header = exec_id
-            .parse()
-            .map_err(|_| ClientError::InvalidMetadata { what: "the exec id" })?;
+        let exec_header = exec_id.parse().map_err(|_| ClientError::InvalidMetadata {
+            what: "the exec id",
+        })?;
         request.metadata_mut().insert("execution-id", exec_header);
         if let Some((timeout, _)) = deadline {
             request.set_timeout(timeout);
@@ -382,7 +403,8 @@ impl AxpClient {
             inner: Some(response.into_inner()),
             conversation_id: conversation_id.to_owned(),
             exec_id: exec_id.to_owned(),
-            deadline: deadline.map(|(timeout, at)| (timeout, Box::pin(tokio::time::sleep_until(at)))),
+            deadline: deadline
+                .map(|(timeout, at)| (timeout, Box::pin(tokio::time::sleep_until(at)))),
             ended: false,
         })
     }
@@ -597,7 +619,10 @@ mod tests {
 
     #[test]
     fn bare_host_port_gets_a_scheme() {
-        assert_eq!(normalize_endpoint("10.0.0.7:8494", false), "http://10.0.0.7:8494");
+        assert_eq!(
+            normalize_endpoint("10.0.0.7:8494", false),
+            "http://10.0.0.7:8494"
+        );
         assert_eq!(normalize_endpoint("agent:443", true), "https://agent:443");
         assert_eq!(normalize_endpoint("http://a:1", true), "http://a:1");
     }
@@ -619,7 +644,10 @@ mod tests {
     #[test]
     fn an_invalid_endpoint_is_a_typed_error() {
         let error = AxpClient::new("http://bad host:1", ClientOptions::default()).unwrap_err();
-        assert!(matches!(error, ClientError::InvalidEndpoint { .. }), "{error:?}");
+        assert!(
+            matches!(error, ClientError::InvalidEndpoint { .. }),
+            "{error:?}"
+        );
     }
 
     #[test]

@@ -70,7 +70,12 @@ mod tests {
             }),
             internal_only: false,
         };
-        let messages = [user_text("first"), user_text("second"), model_text("reply"), tool];
+        let messages = [
+            user_text("first"),
+            user_text("second"),
+            model_text("reply"),
+            tool,
+        ];
         assert_eq!(last_user_text(&messages), Some("second"));
     }
 

@@ -32,10 +32,7 @@ use tokio::{net::TcpListener, sync::Semaphore, time::Instant};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
-    Request, Response, Status,
-    codec::CompressionEncoding,
-    metadata::MetadataMap,
-    transport::Server,
+    Request, Response, Status, codec::CompressionEncoding, metadata::MetadataMap, transport::Server,
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::Instrument;
@@ -96,7 +93,10 @@ impl std::fmt::Debug for ServerOptions {
             .field("max_concurrent_streams", &self.max_concurrent_streams)
             .field("max_message_size", &self.max_message_size)
             .field("grace_period", &self.grace_period)
-            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("gzip", &self.gzip)
             .finish()
     }
@@ -351,7 +351,9 @@ impl<A: Agent> AgentService for AxpService<A> {
             .permits
             .clone()
             .try_acquire_owned()
-            .map_err(|_| Status::resource_exhausted("agent is at its execution limit; retry later"))?;
+            .map_err(|_| {
+                Status::resource_exhausted("agent is at its execution limit; retry later")
+            })?;
         let deadline = grpc_timeout(request.metadata()).map(|d| Instant::now() + d);
         let (metadata, _, request) = request.into_parts();
         let AgentRequest {
@@ -541,12 +543,30 @@ mod tests {
 
     #[test]
     fn grpc_timeout_understands_every_unit() {
-        assert_eq!(grpc_timeout(&with_timeout("2H")), Some(Duration::from_secs(7200)));
-        assert_eq!(grpc_timeout(&with_timeout("3M")), Some(Duration::from_secs(180)));
-        assert_eq!(grpc_timeout(&with_timeout("5S")), Some(Duration::from_secs(5)));
-        assert_eq!(grpc_timeout(&with_timeout("250m")), Some(Duration::from_millis(250)));
-        assert_eq!(grpc_timeout(&with_timeout("7u")), Some(Duration::from_micros(7)));
-        assert_eq!(grpc_timeout(&with_timeout("9n")), Some(Duration::from_nanos(9)));
+        assert_eq!(
+            grpc_timeout(&with_timeout("2H")),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(
+            grpc_timeout(&with_timeout("3M")),
+            Some(Duration::from_secs(180))
+        );
+        assert_eq!(
+            grpc_timeout(&with_timeout("5S")),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            grpc_timeout(&with_timeout("250m")),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            grpc_timeout(&with_timeout("7u")),
+            Some(Duration::from_micros(7))
+        );
+        assert_eq!(
+            grpc_timeout(&with_timeout("9n")),
+            Some(Duration::from_nanos(9))
+        );
     }
 
     #[test]
