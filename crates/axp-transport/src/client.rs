@@ -212,9 +212,20 @@ fn is_connect_message(message: &str) -> bool {
 
 impl From<Status> for ClientError {
     fn from(status: Status) -> Self {
+        // Transport failures arrive as a terse status ("tcp connect error") with the
+        // reason ("Connection refused") only in the source chain: keep both.
+        let mut message = status.message().to_owned();
+        let mut source = std::error::Error::source(&status);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !message.contains(&cause_text) {
+                message = format!("{message}: {cause_text}");
+            }
+            source = cause.source();
+        }
         Self::Status {
             code: status.code(),
-            message: status.message().to_owned(),
+            message,
         }
     }
 }
