@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod client;
 pub mod content;
+pub mod registry;
 pub mod server;
 
 pub use agent::{Agent, AgentError, Execution, OutputStream};
