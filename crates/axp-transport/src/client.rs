@@ -27,7 +27,7 @@ use tokio::time::{Instant, Sleep};
 use tonic::{
     Code, Request, Status, Streaming,
     codec::CompressionEncoding,
-    metadata::{Ascii, MetadataValue},
+    metadata::{Ascii, MetadataKey, MetadataValue},
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 use tonic_health::pb::{
@@ -60,6 +60,9 @@ pub struct ClientOptions {
     pub bearer_token: Option<String>,
     /// HTTP/2 keep-alive pings, so a dead peer is noticed on an idle channel.
     pub keepalive: Option<Duration>,
+    /// Extra metadata sent on every call, e.g. the agent-sandbox router's
+    /// `x-sandbox-id` headers. Names are lower-case ASCII.
+    pub metadata: Vec<(String, String)>,
 }
 
 impl Default for ClientOptions {
@@ -76,6 +79,7 @@ impl Default for ClientOptions {
             tls: None,
             bearer_token: None,
             keepalive: Some(Duration::from_secs(30)),
+            metadata: Vec::new(),
         }
     }
 }
@@ -94,6 +98,7 @@ impl std::fmt::Debug for ClientOptions {
                 &self.bearer_token.as_ref().map(|_| "<redacted>"),
             )
             .field("keepalive", &self.keepalive)
+            .field("metadata", &self.metadata)
             .finish()
     }
 }
@@ -146,9 +151,9 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
-    /// A request id or the token cannot be sent as gRPC metadata.
+    /// A request id, the token or an extra header cannot be sent as gRPC metadata.
     #[error("{what} cannot be sent as gRPC metadata (it must be visible ASCII)")]
-    InvalidMetadata { what: &'static str },
+    InvalidMetadata { what: String },
     /// The agent (or the connection) ended the call with a gRPC status.
     #[error("agent returned {code:?}: {message}")]
     Status { code: Code, message: String },
@@ -255,6 +260,7 @@ pub struct AxpClient {
     channel: Channel,
     options: ClientOptions,
     bearer: Option<MetadataValue<Ascii>>,
+    metadata: Vec<(MetadataKey<Ascii>, MetadataValue<Ascii>)>,
 }
 
 impl std::fmt::Debug for AxpClient {
@@ -285,15 +291,28 @@ impl AxpClient {
                 format!("Bearer {token}")
                     .parse()
                     .map_err(|_| ClientError::InvalidMetadata {
-                        what: "the bearer token",
+                        what: "the bearer token".into(),
                     })
             })
             .transpose()?;
+        let metadata = options
+            .metadata
+            .iter()
+            .map(|(name, value)| {
+                let invalid = || ClientError::InvalidMetadata {
+                    what: format!("header {name:?}"),
+                };
+                let key = MetadataKey::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
+                let value = value.parse().map_err(|_| invalid())?;
+                Ok((key, value))
+            })
+            .collect::<Result<_, ClientError>>()?;
         Ok(Self {
             channel: builder.connect_lazy(),
             endpoint,
             options,
             bearer,
+            metadata,
         })
     }
 
@@ -371,6 +390,9 @@ impl AxpClient {
                 .metadata_mut()
                 .insert("authorization", bearer.clone());
         }
+        for (key, value) in &self.metadata {
+            request.metadata_mut().insert(key.clone(), value.clone());
+        }
         request
     }
 
@@ -396,7 +418,7 @@ impl AxpClient {
             start: Some(start),
         });
         let exec_header = exec_id.parse().map_err(|_| ClientError::InvalidMetadata {
-            what: "the exec id",
+            what: format!("exec id {exec_id:?}"),
         })?;
         request.metadata_mut().insert("execution-id", exec_header);
         if let Some((timeout, _)) = deadline {

@@ -1,0 +1,172 @@
+//! Installed CustomResourceDefinitions: what the server knows how to serve.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+/// A CRD that cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The YAML stream did not parse.
+    #[error("parsing CRD YAML: {0}")]
+    ParseYaml(String),
+    /// A required field of the CRD is missing or of the wrong type.
+    #[error("CRD {crd:?} lacks {field}")]
+    MissingField {
+        /// `metadata.name` of the CRD, if any.
+        crd: String,
+        /// The JSON pointer that was expected.
+        field: &'static str,
+    },
+    /// `apiVersion`/`kind` are not `apiextensions.k8s.io/v1` `CustomResourceDefinition`.
+    #[error("not an apiextensions.k8s.io/v1 CustomResourceDefinition: {0}")]
+    NotACrd(String),
+}
+
+/// One served version of a resource.
+#[derive(Debug, Clone)]
+pub(crate) struct Version {
+    pub(crate) name: String,
+    pub(crate) schema: Option<Value>,
+    pub(crate) status_subresource: bool,
+}
+
+/// One resource (`group` + `plural`) and its served versions.
+#[derive(Debug, Clone)]
+pub(crate) struct Resource {
+    pub(crate) group: String,
+    pub(crate) plural: String,
+    pub(crate) singular: String,
+    pub(crate) kind: String,
+    pub(crate) list_kind: String,
+    pub(crate) short_names: Vec<String>,
+    pub(crate) namespaced: bool,
+    pub(crate) versions: Vec<Version>,
+    /// The storage version, used for `apiVersion` of synthetic objects and discovery preference.
+    pub(crate) storage_version: String,
+}
+
+impl Resource {
+    pub(crate) fn version(&self, name: &str) -> Option<&Version> {
+        self.versions.iter().find(|v| v.name == name)
+    }
+
+    /// Parses one CRD; non-served versions are skipped.
+    pub(crate) fn from_crd(crd: &Value) -> Result<Self, Error> {
+        let name = crd
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let api_version = crd.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let kind = crd.get("kind").and_then(Value::as_str).unwrap_or("");
+        if api_version != "apiextensions.k8s.io/v1" || kind != "CustomResourceDefinition" {
+            return Err(Error::NotACrd(format!("{api_version} {kind} {name}")));
+        }
+        let text = |field: &'static str| -> Result<String, Error> {
+            crd.pointer(field)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| Error::MissingField {
+                    crd: name.clone(),
+                    field,
+                })
+        };
+        let group = text("/spec/group")?;
+        let plural = text("/spec/names/plural")?;
+        let kind = text("/spec/names/kind")?;
+        let singular = text("/spec/names/singular").unwrap_or_else(|_| kind.to_lowercase());
+        let list_kind = text("/spec/names/listKind").unwrap_or_else(|_| format!("{kind}List"));
+        let short_names = crd
+            .pointer("/spec/names/shortNames")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let namespaced = text("/spec/scope")? == "Namespaced";
+        let raw_versions = crd
+            .pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .ok_or_else(|| Error::MissingField {
+                crd: name.clone(),
+                field: "/spec/versions",
+            })?;
+        let mut versions = Vec::new();
+        let mut storage_version = None;
+        for v in raw_versions {
+            let Some(vname) = v.get("name").and_then(Value::as_str) else {
+                return Err(Error::MissingField {
+                    crd: name,
+                    field: "/spec/versions/*/name",
+                });
+            };
+            if v.get("storage").and_then(Value::as_bool) == Some(true) {
+                storage_version = Some(vname.to_owned());
+            }
+            if v.get("served").and_then(Value::as_bool) == Some(false) {
+                continue;
+            }
+            versions.push(Version {
+                name: vname.to_owned(),
+                schema: v.pointer("/schema/openAPIV3Schema").cloned(),
+                status_subresource: v.pointer("/subresources/status").is_some(),
+            });
+        }
+        let storage_version = storage_version
+            .or_else(|| versions.first().map(|v| v.name.clone()))
+            .ok_or_else(|| Error::MissingField {
+                crd: name.clone(),
+                field: "/spec/versions/*/served",
+            })?;
+        Ok(Self {
+            group,
+            plural,
+            singular,
+            kind,
+            list_kind,
+            short_names,
+            namespaced,
+            versions,
+            storage_version,
+        })
+    }
+}
+
+/// Every installed resource, keyed by `(group, plural)`.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    resources: BTreeMap<(String, String), Arc<Resource>>,
+}
+
+impl Registry {
+    /// Installs or replaces a resource definition.
+    pub(crate) fn install(&mut self, resource: Resource) {
+        let key = (resource.group.clone(), resource.plural.clone());
+        self.resources.insert(key, Arc::new(resource));
+    }
+
+    pub(crate) fn get(&self, group: &str, plural: &str) -> Option<Arc<Resource>> {
+        self.resources
+            .get(&(group.to_owned(), plural.to_owned()))
+            .cloned()
+    }
+
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<Resource>> {
+        self.resources.values()
+    }
+}
+
+/// Parses a multi-document YAML stream and keeps only the CRDs.
+pub(crate) fn crds_from_yaml(yaml: &str) -> Result<Vec<Value>, Error> {
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(yaml).map_err(|e| Error::ParseYaml(e.to_string()))?;
+    Ok(docs
+        .into_iter()
+        .filter(|d| d.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition"))
+        .collect())
+}

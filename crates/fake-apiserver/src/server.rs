@@ -1,0 +1,579 @@
+//! HTTP: the accept loop, routing of Kubernetes REST paths, and dispatch to the verbs.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::watch as signal;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument as _;
+
+use crate::crd::Registry;
+use crate::discovery;
+use crate::fault::{FaultAction, Faults, RequestFacts};
+use crate::options::FakeApiServerOptions;
+use crate::requests::{RequestLog, Verb};
+use crate::resource::{self, DeleteOptions, Deleted, PatchType, Target, WriteOptions};
+use crate::schema::UnknownFields;
+use crate::selector::{FieldSelector, LabelSelector, Selectors};
+use crate::status::ApiError;
+use crate::store::Store;
+use crate::watch::{self, WatchRequest};
+
+/// The largest request body accepted, as on a real API server.
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Everything the server mutates, behind one lock: handlers never await while holding it.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) crds: Registry,
+    pub(crate) store: Store,
+    pub(crate) faults: Faults,
+    pub(crate) requests: RequestLog,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) options: FakeApiServerOptions,
+    pub(crate) addr: SocketAddr,
+    pub(crate) state: Mutex<State>,
+    pub(crate) shutdown: signal::Receiver<bool>,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere cannot leave the JSON store half-written in a way that matters here.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Returned to hyper to close the connection without a response.
+#[derive(Debug, thiserror::Error)]
+#[error("connection reset by an injected fault")]
+pub(crate) struct ResetConnection;
+
+/// Accepts connections until `shutdown` fires or its sender is dropped; then aborts them all.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: signal::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let shared = shared.clone();
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                    {
+                        tracing::debug!(%peer, error = %e, "connection ended");
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+fn full(status: StatusCode, value: &Value) -> Response<Body> {
+    let body = Full::new(Bytes::from(serde_json::to_vec(value).unwrap_or_default()))
+        .map_err(|never: Infallible| match never {})
+        .boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error_response(err: &ApiError) -> Response<Body> {
+    let status = StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = full(status, &err.to_json());
+    if let Some(secs) = err.retry_after_secs
+        && let Ok(v) = header::HeaderValue::from_str(&secs.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+/// A parsed request path.
+#[derive(Debug)]
+enum Route {
+    Version,
+    CoreVersions,
+    CoreResources,
+    Groups,
+    Group(String),
+    Resources(String, String),
+    Object {
+        group: String,
+        version: String,
+        namespace: Option<String>,
+        plural: String,
+        name: Option<String>,
+        status: bool,
+    },
+    Unknown,
+}
+
+fn route(path: &str) -> Route {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let obj = |group: &str, version: &str, namespace: Option<&str>, rest: &[&str]| {
+        let (plural, name, status) = match rest {
+            [plural] => (*plural, None, false),
+            [plural, name] => (*plural, Some(*name), false),
+            [plural, name, "status"] => (*plural, Some(*name), true),
+            _ => return Route::Unknown,
+        };
+        Route::Object {
+            group: group.to_owned(),
+            version: version.to_owned(),
+            namespace: namespace.map(str::to_owned),
+            plural: plural.to_owned(),
+            name: name.map(str::to_owned),
+            status,
+        }
+    };
+    match segs.as_slice() {
+        ["version"] => Route::Version,
+        ["api"] => Route::CoreVersions,
+        ["api", "v1"] => Route::CoreResources,
+        ["apis"] => Route::Groups,
+        ["apis", g] => Route::Group((*g).to_owned()),
+        ["apis", g, v] => Route::Resources((*g).to_owned(), (*v).to_owned()),
+        ["apis", g, v, "namespaces", ns, rest @ ..] if !rest.is_empty() => {
+            obj(g, v, Some(ns), rest)
+        }
+        ["apis", g, v, rest @ ..] => obj(g, v, None, rest),
+        _ => Route::Unknown,
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', hi, lo]) => hex(*hi).zip(hex(*lo)).map(|(h, l)| (h * 16 + l) as u8),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, b) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn verb_of(method: &Method, route: &Route, query: &HashMap<String, String>) -> Option<Verb> {
+    let named = match route {
+        Route::Object { name, .. } => name.is_some(),
+        _ => return (method == Method::GET).then_some(Verb::Get),
+    };
+    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    Some(match (method.clone(), named) {
+        (Method::GET, true) => Verb::Get,
+        (Method::GET, false) if watching => Verb::Watch,
+        (Method::GET, false) => Verb::List,
+        (Method::POST, false) => Verb::Create,
+        (Method::PUT, true) => Verb::Update,
+        (Method::PATCH, true) => Verb::Patch,
+        (Method::DELETE, true) => Verb::Delete,
+        (Method::DELETE, false) => Verb::DeleteCollection,
+        _ => return None,
+    })
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ResetConnection> {
+    let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path());
+    async move {
+        let response = dispatch(&shared, req).await;
+        if let Ok(r) = &response {
+            tracing::debug!(status = r.status().as_u16(), "answered");
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+async fn dispatch(
+    shared: &Shared,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ResetConnection> {
+    let (parts, body) = req.into_parts();
+    let route = route(parts.uri.path());
+    let query = parse_query(parts.uri.query());
+    let Some(verb) = verb_of(&parts.method, &route, &query) else {
+        let err = ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource: {}",
+            parts.method
+        ));
+        return Ok(error_response(&err));
+    };
+    let (resource_label, subresource, name) = match &route {
+        Route::Object {
+            plural,
+            name,
+            status,
+            ..
+        } => (plural.clone(), status.then_some("status"), name.clone()),
+        _ => ("discovery".to_owned(), None, None),
+    };
+    let has_resource_version = query
+        .get("resourceVersion")
+        .is_some_and(|rv| !rv.is_empty() && rv != "0");
+    let decision = {
+        let mut state = shared.lock();
+        let label = match subresource {
+            Some(s) => format!("{resource_label}/{s}"),
+            None => resource_label.clone(),
+        };
+        state.requests.record(verb, &label);
+        state.faults.decide(&RequestFacts {
+            verb,
+            resource: &resource_label,
+            subresource,
+            name: name.as_deref(),
+            has_resource_version,
+        })
+    };
+    if !decision.latency.is_zero() {
+        tokio::time::sleep(decision.latency).await;
+    }
+    let mut drop_after = None;
+    let mut expire = false;
+    match decision.action {
+        Some(FaultAction::Status {
+            code,
+            reason,
+            retry_after_secs,
+        }) => {
+            let mut err = ApiError::new(code, &reason, format!("injected fault: {reason}"));
+            err.retry_after_secs = retry_after_secs;
+            return Ok(error_response(&err));
+        }
+        Some(FaultAction::ResetConnection) => return Err(ResetConnection),
+        Some(FaultAction::DropWatch { after_events }) => drop_after = Some(after_events),
+        Some(FaultAction::ExpireResourceVersion) if verb == Verb::List => {
+            return Ok(error_response(&ApiError::expired(
+                "too old resource version (injected fault)",
+            )));
+        }
+        Some(FaultAction::ExpireResourceVersion) => expire = true,
+        Some(FaultAction::Latency(_)) | None => {}
+    }
+
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return Ok(error_response(&ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                format!("reading the request body: {e}"),
+            )));
+        }
+    };
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let ctx = Ctx {
+        shared,
+        verb,
+        query: &query,
+        body: &body,
+        content_type: &content_type,
+        drop_after,
+        expire,
+    };
+    Ok(match ctx.run(&route) {
+        Ok(Answer::Json(status, value)) => full(status, &value),
+        Ok(Answer::Watch(rx)) => {
+            let stream = ReceiverStream::new(rx).map(|chunk| chunk.map(Frame::data));
+            let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(err) => error_response(&err),
+    })
+}
+
+enum Answer {
+    Json(StatusCode, Value),
+    Watch(tokio::sync::mpsc::Receiver<watch::Chunk>),
+}
+
+struct Ctx<'a> {
+    shared: &'a Shared,
+    verb: Verb,
+    query: &'a HashMap<String, String>,
+    body: &'a Bytes,
+    content_type: &'a str,
+    drop_after: Option<usize>,
+    expire: bool,
+}
+
+impl Ctx<'_> {
+    fn q(&self, key: &str) -> Option<&str> {
+        self.query.get(key).map(String::as_str)
+    }
+
+    fn selectors(&self) -> Result<Selectors, ApiError> {
+        let bad = |e: crate::selector::Error| ApiError::bad_request(e.to_string());
+        Ok(Selectors {
+            labels: LabelSelector::parse(self.q("labelSelector").unwrap_or("")).map_err(bad)?,
+            fields: FieldSelector::parse(self.q("fieldSelector").unwrap_or("")).map_err(bad)?,
+        })
+    }
+
+    fn json_body(&self) -> Result<Value, ApiError> {
+        serde_json::from_slice(self.body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+    }
+
+    fn write_options(&self) -> WriteOptions {
+        let unknown = match self.q("fieldValidation") {
+            Some("Strict") => UnknownFields::Reject,
+            Some(_) => UnknownFields::Prune,
+            None if self.shared.options.strict_unknown_fields => UnknownFields::Reject,
+            None => UnknownFields::Prune,
+        };
+        WriteOptions {
+            validate: self.shared.options.validate_schema,
+            unknown,
+        }
+    }
+
+    fn run(&self, route: &Route) -> Result<Answer, ApiError> {
+        let ok = |v: Value| Ok(Answer::Json(StatusCode::OK, v));
+        let not_found = || {
+            ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        };
+        let state = self.shared.lock();
+        match route {
+            Route::Version => ok(discovery::version()),
+            Route::CoreVersions => ok(discovery::core_versions(&self.shared.addr.to_string())),
+            Route::CoreResources => ok(discovery::core_resources()),
+            Route::Groups => ok(discovery::groups(&state.crds)),
+            Route::Group(g) => {
+                discovery::group(&state.crds, g).map_or_else(|| Err(not_found()), ok)
+            }
+            Route::Resources(g, v) => {
+                discovery::resources(&state.crds, g, v).map_or_else(|| Err(not_found()), ok)
+            }
+            Route::Unknown => Err(not_found()),
+            Route::Object {
+                group,
+                version,
+                namespace,
+                plural,
+                name,
+                status,
+            } => {
+                let resource = state.crds.get(group, plural).ok_or_else(not_found)?;
+                let v = resource.version(version).ok_or_else(not_found)?;
+                if *status && !v.status_subresource {
+                    return Err(not_found());
+                }
+                // A namespaced resource is reachable without a namespace only as an
+                // all-namespaces collection; a cluster-scoped one never has a namespace.
+                let all_namespaces =
+                    matches!(self.verb, Verb::List | Verb::Watch | Verb::DeleteCollection);
+                if (!resource.namespaced && namespace.is_some())
+                    || (resource.namespaced && namespace.is_none() && !all_namespaces)
+                {
+                    return Err(not_found());
+                }
+                let t = Target {
+                    resource: &resource,
+                    version: v,
+                    namespace: namespace.as_deref(),
+                    name: name.as_deref(),
+                    status: *status,
+                };
+                drop(state);
+                self.verb_on(t)
+            }
+        }
+    }
+
+    fn verb_on(&self, t: Target<'_>) -> Result<Answer, ApiError> {
+        let ok = |v: Value| Ok(Answer::Json(StatusCode::OK, v));
+        let mut state = self.shared.lock();
+        let store = &mut state.store;
+        match self.verb {
+            Verb::Get => ok(resource::get(store, t)?),
+            Verb::List => ok(resource::list(store, t, &self.selectors()?)),
+            Verb::Watch => {
+                let req = WatchRequest {
+                    resource: Arc::new(t.resource.clone()),
+                    version: t.version.name.clone(),
+                    namespace: t.namespace.map(str::to_owned),
+                    selectors: self.selectors()?,
+                    resource_version: self.q("resourceVersion").map(str::to_owned),
+                    bookmarks: self.q("allowWatchBookmarks") == Some("true"),
+                    send_initial_events: self.q("sendInitialEvents") == Some("true"),
+                    timeout: self
+                        .q("timeoutSeconds")
+                        .and_then(|s| s.parse().ok())
+                        .map(Duration::from_secs),
+                    drop_after: self.drop_after,
+                    expire: self.expire,
+                };
+                let rx = watch::start(
+                    store,
+                    req,
+                    self.shared.options.bookmark_interval,
+                    self.shared.shutdown.clone(),
+                )?;
+                Ok(Answer::Watch(rx))
+            }
+            Verb::Create => {
+                let created = resource::create(store, t, self.json_body()?, self.write_options())?;
+                Ok(Answer::Json(StatusCode::CREATED, created))
+            }
+            Verb::Update => ok(resource::replace(
+                store,
+                t,
+                self.json_body()?,
+                self.write_options(),
+            )?),
+            Verb::Patch => {
+                let ct = self.content_type.split(';').next().unwrap_or("").trim();
+                let patch_type = match ct {
+                    "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                        PatchType::Merge
+                    }
+                    "application/json-patch+json" => PatchType::Json,
+                    "application/apply-patch+yaml" | "application/apply-patch+json" => {
+                        PatchType::Apply
+                    }
+                    other => {
+                        return Err(ApiError::new(
+                            415,
+                            "UnsupportedMediaType",
+                            format!(
+                                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml; got {other:?}"
+                            ),
+                        ));
+                    }
+                };
+                ok(resource::patch(
+                    store,
+                    t,
+                    patch_type,
+                    self.body,
+                    self.write_options(),
+                )?)
+            }
+            Verb::Delete => {
+                let opts = DeleteOptions::parse(self.body, self.q("propagationPolicy"))?;
+                match resource::delete(store, t, &opts)? {
+                    Deleted::Pending(object) => ok(object),
+                    Deleted::Gone(status) => ok(status),
+                }
+            }
+            Verb::DeleteCollection => {
+                let opts = DeleteOptions::parse(self.body, self.q("propagationPolicy"))?;
+                ok(resource::delete_collection(
+                    store,
+                    t,
+                    &self.selectors()?,
+                    &opts,
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let q = parse_query(Some("labelSelector=app%3Dweb%2Ctier+in+%28a%29&watch=1&x"));
+        assert_eq!(q["labelSelector"], "app=web,tier in (a)");
+        assert_eq!(q["watch"], "1");
+        assert_eq!(q["x"], "");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn paths_route_to_namespaced_and_cluster_scoped_objects() {
+        assert!(matches!(route("/apis/g/v1/namespaces/ns/things/a/status"),
+            Route::Object { ref namespace, ref name, status: true, .. } if namespace.as_deref() == Some("ns") && name.as_deref() == Some("a")));
+        assert!(matches!(
+            route("/apis/g/v1/things"),
+            Route::Object {
+                namespace: None,
+                name: None,
+                ..
+            }
+        ));
+        assert!(matches!(route("/apis/g/v1"), Route::Resources(..)));
+        assert!(matches!(
+            route("/apis/g/v1/namespaces/ns/things/a/b/c"),
+            Route::Unknown
+        ));
+    }
+}
