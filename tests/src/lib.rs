@@ -1,1 +1,217 @@
-//! Whole-pipeline tests live in `tests/tests/`.
+//! The whole pipeline on one machine: the fake cluster from `sandbox-claim`
+//! (feature `testing`), "pods" that are real `python-sandbox-agent`
+//! processes, and the agent-sandbox backend from `axp-transport`.
+//!
+//! - [`LocalAgentRuntime`] is the pod runtime: each Sandbox gets its own
+//!   agent process bound to its own loopback address `127.x.y.z:8494`, so
+//!   the backend connects to a "pod IP" and a fixed port exactly as in a
+//!   cluster.
+//! - [`agent_binary`] finds the agent binary that `cargo xtask test` (or the
+//!   demo) built.
+//!
+//! The tests in `tests/` and the `demo` binary both stand on this.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use axp_transport::{AxpClient, ClientOptions, client::WaitOptions};
+use futures::future::BoxFuture;
+use python_sandbox_agent::LocalAgent;
+use sandbox_claim::testing::{PodRequest, PodRuntime, PodRuntimeError, PodStarted};
+
+/// The port every agent listens on, as in the SandboxTemplate.
+pub const AGENT_PORT: u16 = 8494;
+
+/// The reference agent binary: `$PYTHON_SANDBOX_AGENT_BIN`, else beside the
+/// running executable (or one directory up, for test binaries in `deps/`).
+pub fn agent_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("PYTHON_SANDBOX_AGENT_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("the running executable has a path");
+    let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    for _ in 0..2 {
+        let candidate = dir.join("python-sandbox-agent");
+        if candidate.exists() {
+            return candidate;
+        }
+        dir.pop();
+    }
+    // Not built yet: name the expected place so the error says what to build.
+    exe.parent().unwrap_or(&dir).join("python-sandbox-agent")
+}
+
+/// Pods as local processes of the reference agent, one per Sandbox.
+///
+/// # Guarantees
+///
+/// - A pod is reported started only once its agent says SERVING on
+///   `grpc.health.v1`, so a Ready sandbox can run code at once.
+/// - Stopping a pod (Sandbox deleted or expired) kills its process; dropping
+///   the runtime kills every process it started.
+///
+/// # Caveats
+///
+/// Addresses come from 127.0.0.0/8, offset by the process id so that test
+/// binaries running side by side rarely pick the same ones; an address that
+/// is taken is skipped.
+#[derive(Debug)]
+pub struct LocalAgentRuntime {
+    binary: PathBuf,
+    args: Vec<String>,
+    next: AtomicU32,
+    base: u32,
+    pods: Mutex<HashMap<(String, String), LocalAgent>>,
+    started: AtomicU32,
+}
+
+impl LocalAgentRuntime {
+    /// A runtime that starts [`agent_binary`] with `args` after `--listen`.
+    pub fn new(args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self::with_binary(agent_binary(), args)
+    }
+
+    /// A runtime that starts `binary`.
+    pub fn with_binary(binary: PathBuf, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            binary,
+            args: args.into_iter().map(Into::into).collect(),
+            next: AtomicU32::new(0),
+            // 127.1.0.0 upwards: leaves 127.0.0.x to everything else on the machine.
+            base: (1 << 16) + (std::process::id() % 128) * 4096,
+            pods: Mutex::new(HashMap::new()),
+            started: AtomicU32::new(0),
+        }
+    }
+
+    fn next_ip(&self) -> IpAddr {
+        let n = self.base + self.next.fetch_add(1, Ordering::Relaxed) % 4096;
+        // Host parts .0 and .255 are avoided; 127.0.0.0/8 is all loopback on Linux.
+        let host = (n % 254) + 1;
+        let subnet = n / 254;
+        IpAddr::V4(Ipv4Addr::new(
+            127,
+            1 + (subnet / 256) as u8,
+            (subnet % 256) as u8,
+            host as u8,
+        ))
+    }
+
+    /// Agent processes running now.
+    pub fn running(&self) -> usize {
+        self.pods.lock().expect("pod map poisoned").len()
+    }
+
+    /// Agent processes started so far.
+    pub fn started(&self) -> u32 {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    /// Process ids of the running agents, by pod name.
+    pub fn pids(&self) -> HashMap<String, u32> {
+        self.pods
+            .lock()
+            .expect("pod map poisoned")
+            .iter()
+            .map(|((_, pod), agent)| (pod.clone(), agent.pid()))
+            .collect()
+    }
+
+    /// Kills a pod's process as a crash would (SIGKILL), leaving the Sandbox
+    /// as it is. Returns whether the pod was running.
+    pub async fn crash(&self, pod_name: &str) -> bool {
+        let agent = {
+            let mut pods = self.pods.lock().expect("pod map poisoned");
+            let key = pods.keys().find(|(_, pod)| pod == pod_name).cloned();
+            key.and_then(|key| pods.remove(&key))
+        };
+        match agent {
+            Some(mut agent) => {
+                let _ = agent.child().kill().await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn spawn(&self, request: &PodRequest) -> Result<PodStarted, PodRuntimeError> {
+        let mut last_error = String::new();
+        // A few addresses, in case another process holds one.
+        for _ in 0..4 {
+            let ip = self.next_ip();
+            let listen = SocketAddr::new(ip, AGENT_PORT);
+            let mut command = tokio::process::Command::new(&self.binary);
+            command
+                .arg("--listen")
+                .arg(listen.to_string())
+                .args(&self.args)
+                .stderr(Stdio::null())
+                .env("RUST_LOG", "warn");
+            let agent = match LocalAgent::from_command(command).await {
+                Ok(agent) => agent,
+                Err(error) => {
+                    last_error = format!("{} at {listen}: {error}", self.binary.display());
+                    continue;
+                }
+            };
+            let client = AxpClient::new(&agent.url(), ClientOptions::default()).map_err(|e| {
+                PodRuntimeError {
+                    message: e.to_string(),
+                }
+            })?;
+            let wait = WaitOptions {
+                timeout: Duration::from_secs(30),
+                ..WaitOptions::default()
+            };
+            client
+                .wait_until_serving(wait)
+                .await
+                .map_err(|e| PodRuntimeError {
+                    message: format!("agent for {} never became SERVING: {e}", request.pod_name),
+                })?;
+            self.started.fetch_add(1, Ordering::SeqCst);
+            self.pods
+                .lock()
+                .expect("pod map poisoned")
+                .insert((request.namespace.clone(), request.pod_name.clone()), agent);
+            return Ok(PodStarted {
+                ip,
+                pod_name: request.pod_name.clone(),
+            });
+        }
+        Err(PodRuntimeError {
+            message: last_error,
+        })
+    }
+}
+
+impl PodRuntime for LocalAgentRuntime {
+    fn start<'a>(
+        &'a self,
+        request: &'a PodRequest,
+    ) -> BoxFuture<'a, Result<PodStarted, PodRuntimeError>> {
+        Box::pin(self.spawn(request))
+    }
+
+    fn stop<'a>(&'a self, namespace: &'a str, pod_name: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let agent = self
+                .pods
+                .lock()
+                .expect("pod map poisoned")
+                .remove(&(namespace.to_owned(), pod_name.to_owned()));
+            if let Some(mut agent) = agent {
+                let _ = agent.child().kill().await;
+            }
+        })
+    }
+}

@@ -1,1 +1,45 @@
-//! Work in progress.
+//! Check a [kubernetes-sigs/agent-sandbox](https://github.com/kubernetes-sigs/agent-sandbox)
+//! sandbox out for a conversation, and give it back — the `SandboxClaim` lifecycle on the
+//! Kubernetes API, with no gRPC dependency.
+//!
+//! The entry point is [`Claims`]:
+//!
+//! ```no_run
+//! # async fn wrapper(client: kube::Client) -> Result<(), sandbox_claim::Error> {
+//! use sandbox_claim::{ClaimOptions, Claims};
+//! let claims = Claims::detect(client, ClaimOptions::default().namespace("agents").source("python-pool")).await?;
+//! let handle = claims.acquire("conversation-42").await?; // create or adopt, then watch until Ready
+//! println!("connect to {}:8494", handle.pod_ip);
+//! claims.renew(&handle).await?;                          // push shutdownTime forward
+//! claims.release(&handle).await?;                        // idempotent delete
+//! # Ok(()) }
+//! ```
+//!
+//! Modules: [`types`] (both API versions), [`naming`], [`labels`], [`reason`], [`wait`],
+//! [`retry`], [`options`], [`handle`], [`api_version`].
+//!
+//! # Features
+//! - `testing`: a fake cluster ([`testing::FakeCluster`]: the in-process fake API server
+//!   plus a simulated agent-sandbox controller) for tests and demos.
+
+pub mod api_version;
+mod claim;
+pub mod handle;
+pub mod labels;
+pub mod naming;
+pub mod options;
+pub mod reason;
+pub mod retry;
+mod sweep;
+pub mod types;
+pub mod wait;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use api_version::{ApiVersion, VersionSelection};
+pub use claim::{Claims, Error};
+pub use handle::{ConversationRef, SandboxHandle};
+pub use options::{ClaimOptions, Propagation};
+pub use retry::RetryPolicy;
+pub use sweep::SweepReport;

@@ -1,0 +1,576 @@
+//! [`Claims`]: check a sandbox out for a conversation, renew it, give it back.
+
+use crate::api_version::{self, ApiVersion, VersionSelection};
+use crate::handle::{ConversationRef, SandboxHandle};
+use crate::labels;
+use crate::naming;
+use crate::options::{ClaimOptions, Propagation};
+use crate::retry::retry;
+use crate::types::{ClaimResource, Lifecycle, ShutdownPolicy, v1alpha1, v1beta1};
+use crate::wait::{self, wait_deleted, wait_ready};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{
+    Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
+};
+use kube::{Client, ResourceExt};
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// Errors of [`Claims`]; each variant names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No valid claim name could be derived (bad [`ClaimOptions::name_prefix`]).
+    #[error("cannot derive a claim name")]
+    Name(#[source] naming::Error),
+    /// API-version discovery failed.
+    #[error("failed to detect the agent-sandbox API version")]
+    Detect(#[source] api_version::Error),
+    /// Creating the claim failed.
+    #[error("failed to create claim {name}")]
+    Create {
+        /// Claim name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Reading the claim failed.
+    #[error("failed to read claim {name}")]
+    Get {
+        /// Claim name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A claim of that name exists but is not ours, or belongs to another conversation.
+    #[error("claim {name} exists but {why}")]
+    Conflict {
+        /// Claim name.
+        name: String,
+        /// What did not match.
+        why: String,
+    },
+    /// There is no claim for this conversation.
+    #[error("no claim {name} exists for this conversation")]
+    NotFound {
+        /// Claim name.
+        name: String,
+    },
+    /// The claim did not become ready (the source says why: terminal reason, timeout…).
+    #[error("claim {name} did not become ready")]
+    Wait {
+        /// Claim name.
+        name: String,
+        /// Why.
+        #[source]
+        source: wait::Error,
+    },
+    /// A previous claim of the same name was being deleted and did not go away in time.
+    #[error("old claim {name} did not finish deleting")]
+    AwaitDeletion {
+        /// Claim name.
+        name: String,
+        /// Why.
+        #[source]
+        source: wait::Error,
+    },
+    /// Patching the lifecycle failed.
+    #[error("failed to renew claim {name}")]
+    Renew {
+        /// Claim name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Deleting the claim failed.
+    #[error("failed to delete claim {name}")]
+    Delete {
+        /// Claim name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Listing our claims failed.
+    #[error("failed to list claims")]
+    List(#[source] kube::Error),
+}
+
+impl Error {
+    /// The wait error inside [`Error::Wait`], if this is one.
+    pub fn wait_error(&self) -> Option<&wait::Error> {
+        match self {
+            Self::Wait { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// The claim lifecycle for one namespace and one warm pool (or template).
+///
+/// Cheap to clone; all clones share the client.
+#[derive(Clone)]
+pub struct Claims {
+    client: Client,
+    options: Arc<ClaimOptions>,
+    version: ApiVersion,
+}
+
+impl std::fmt::Debug for Claims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claims")
+            .field("options", &self.options)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Claims {
+    /// Claims speaking the version fixed in `options.api_version` (`Auto` means v1beta1
+    /// here; use [`Claims::detect`] to ask the cluster).
+    pub fn new(client: Client, options: ClaimOptions) -> Self {
+        let version = match options.api_version {
+            VersionSelection::V1alpha1 => ApiVersion::V1alpha1,
+            VersionSelection::V1beta1 | VersionSelection::Auto => ApiVersion::V1beta1,
+        };
+        Self::with_version(client, options, version)
+    }
+
+    /// Like [`Claims::new`], but with `Auto` asks the cluster's discovery once.
+    ///
+    /// # Errors
+    /// [`Error::Detect`] when discovery fails or agent-sandbox extensions are not installed.
+    pub async fn detect(client: Client, options: ClaimOptions) -> Result<Self, Error> {
+        let version = match options.api_version {
+            VersionSelection::Auto => api_version::detect(&client).await.map_err(Error::Detect)?,
+            VersionSelection::V1beta1 => ApiVersion::V1beta1,
+            VersionSelection::V1alpha1 => ApiVersion::V1alpha1,
+        };
+        Ok(Self::with_version(client, options, version))
+    }
+
+    fn with_version(client: Client, options: ClaimOptions, version: ApiVersion) -> Self {
+        Self {
+            client,
+            options: Arc::new(options),
+            version,
+        }
+    }
+
+    /// The API version in use.
+    pub fn api_version(&self) -> ApiVersion {
+        self.version
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &ClaimOptions {
+        &self.options
+    }
+
+    /// The client in use.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The claim name of a conversation.
+    ///
+    /// # Errors
+    /// [`Error::Name`] when [`ClaimOptions::name_prefix`] is invalid.
+    pub fn claim_name(&self, conversation_id: &str) -> Result<String, Error> {
+        naming::claim_name(&self.options.name_prefix, conversation_id).map_err(Error::Name)
+    }
+
+    pub(crate) fn api<K: ClaimResource>(&self) -> Api<K> {
+        Api::namespaced(self.client.clone(), &self.options.namespace)
+    }
+
+    /// Creates the conversation's claim (or adopts our existing one) and waits until its
+    /// sandbox is ready.
+    ///
+    /// # Guarantees
+    /// - The claim always carries a lifecycle (`shutdownTime` = now + [`ClaimOptions::ttl`],
+    ///   `shutdownPolicy: Delete`), so a crashed caller never leaks a sandbox for longer.
+    /// - Only a claim that is ours (managed-by label) and of the same conversation
+    ///   (annotation) is adopted; one that is being deleted is waited out, then recreated.
+    /// - Readiness is observed with one watch from the create response's resourceVersion,
+    ///   never by polling; requests do not grow with the time to readiness.
+    /// - Cancel-safe: dropping the future leaves at most a claim of ours, which the next
+    ///   call adopts.
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] for a foreign claim of the same name; [`Error::Wait`] with a
+    /// [`wait::Error`] for terminal reasons, missing pool/template (unless
+    /// [`ClaimOptions::keep_waiting_on_not_found`]), deletion or the deadline
+    /// ([`ClaimOptions::ready_timeout`]); [`Error::Create`]/[`Error::Get`] for API errors
+    /// that persist after the retries.
+    ///
+    /// # Caveats
+    /// On a terminal failure the claim is left in place (for inspection); call
+    /// [`Claims::release`] to delete it. `pod_name` is the sandbox name (what current
+    /// upstream controllers use), not read from the Sandbox.
+    #[tracing::instrument(skip(self), fields(namespace = %self.options.namespace, version = %self.version))]
+    pub async fn acquire(&self, conversation_id: &str) -> Result<SandboxHandle, Error> {
+        match self.version {
+            ApiVersion::V1beta1 => {
+                self.acquire_as::<v1beta1::SandboxClaim>(conversation_id)
+                    .await
+            }
+            ApiVersion::V1alpha1 => {
+                self.acquire_as::<v1alpha1::SandboxClaim>(conversation_id)
+                    .await
+            }
+        }
+    }
+
+    /// Re-reads the conversation's existing claim and waits until it is ready again (the
+    /// sandbox and pod IP may have changed since the last handle).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when there is no claim; [`Error::Conflict`] when it is not ours;
+    /// [`Error::Wait`] as for [`Claims::acquire`].
+    #[tracing::instrument(skip_all, fields(namespace = %self.options.namespace))]
+    pub async fn resolve<C: ConversationRef + ?Sized>(
+        &self,
+        conversation: &C,
+    ) -> Result<SandboxHandle, Error> {
+        let id = conversation.conversation_id();
+        match self.version {
+            ApiVersion::V1beta1 => self.resolve_as::<v1beta1::SandboxClaim>(id).await,
+            ApiVersion::V1alpha1 => self.resolve_as::<v1alpha1::SandboxClaim>(id).await,
+        }
+    }
+
+    /// Pushes the claim's `shutdownTime` to now + [`ClaimOptions::ttl`] (one merge patch).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the claim is gone; [`Error::Renew`] on API errors.
+    #[tracing::instrument(skip_all, fields(namespace = %self.options.namespace))]
+    pub async fn renew<C: ConversationRef + ?Sized>(&self, conversation: &C) -> Result<(), Error> {
+        let name = self.claim_name(conversation.conversation_id())?;
+        match self.version {
+            ApiVersion::V1beta1 => self.renew_as::<v1beta1::SandboxClaim>(&name).await,
+            ApiVersion::V1alpha1 => self.renew_as::<v1alpha1::SandboxClaim>(&name).await,
+        }
+    }
+
+    /// Deletes the conversation's claim; the sandbox goes with it.
+    ///
+    /// # Guarantees
+    /// Idempotent: a missing claim is success. Only a claim of ours for this conversation
+    /// is deleted (the delete carries the uid we checked as a precondition).
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the claim of that name is not ours; [`Error::Get`] /
+    /// [`Error::Delete`] on API errors after retries.
+    ///
+    /// # Caveats
+    /// Returns when the API server accepted the delete; with
+    /// [`Propagation::Background`] the Sandbox and pod go shortly after.
+    #[tracing::instrument(skip_all, fields(namespace = %self.options.namespace))]
+    pub async fn release<C: ConversationRef + ?Sized>(
+        &self,
+        conversation: &C,
+    ) -> Result<(), Error> {
+        let id = conversation.conversation_id();
+        match self.version {
+            ApiVersion::V1beta1 => self.release_as::<v1beta1::SandboxClaim>(id).await,
+            ApiVersion::V1alpha1 => self.release_as::<v1alpha1::SandboxClaim>(id).await,
+        }
+    }
+
+    fn lifecycle(&self) -> Lifecycle {
+        let ttl = i64::try_from(self.options.ttl.as_secs()).unwrap_or(i64::MAX / 2);
+        let now = jiff::Timestamp::now().as_second();
+        let shutdown =
+            jiff::Timestamp::from_second(now.saturating_add(ttl)).unwrap_or(jiff::Timestamp::MAX);
+        Lifecycle {
+            shutdown_time: Some(Time(shutdown)),
+            ttl_seconds_after_finished: None,
+            shutdown_policy: Some(ShutdownPolicy::Delete),
+        }
+    }
+
+    pub(crate) fn build<K: ClaimResource>(&self, name: &str, conversation_id: &str) -> K {
+        let mut claim = K::build(
+            name,
+            &self.options.source,
+            self.options.v1alpha1_warmpool.as_deref(),
+            self.lifecycle(),
+        );
+        let meta = claim.meta_mut();
+        meta.namespace = Some(self.options.namespace.clone());
+        let labels = meta.labels.get_or_insert_with(Default::default);
+        labels.insert(labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into());
+        labels.insert(labels::SOURCE.into(), self.options.source.clone());
+        labels.insert(
+            labels::CONVERSATION_HASH.into(),
+            naming::conversation_hash(conversation_id),
+        );
+        let annotations = meta.annotations.get_or_insert_with(Default::default);
+        annotations.insert(labels::CONVERSATION_ID.into(), conversation_id.into());
+        annotations.insert(
+            labels::CLIENT_FIRST_REQUESTED_AT.into(),
+            jiff::Timestamp::now().to_string(),
+        );
+        claim
+    }
+
+    /// Why an existing claim may not be adopted, or `None` when it may.
+    pub(crate) fn foreign_reason<K: ClaimResource>(
+        claim: &K,
+        conversation_id: &str,
+    ) -> Option<String> {
+        if claim.labels().get(labels::MANAGED_BY).map(String::as_str)
+            != Some(labels::MANAGED_BY_VALUE)
+        {
+            return Some(format!("is not managed by {}", labels::MANAGED_BY_VALUE));
+        }
+        if claim
+            .annotations()
+            .get(labels::CONVERSATION_ID)
+            .map(String::as_str)
+            != Some(conversation_id)
+            || claim.labels().get(labels::CONVERSATION_HASH)
+                != Some(&naming::conversation_hash(conversation_id))
+        {
+            return Some("belongs to another conversation".into());
+        }
+        None
+    }
+
+    fn handle(&self, name: &str, conversation_id: &str, ready: wait::Ready) -> SandboxHandle {
+        SandboxHandle {
+            namespace: self.options.namespace.clone(),
+            claim_name: name.to_owned(),
+            pod_name: ready.sandbox_name.clone(),
+            sandbox_name: ready.sandbox_name,
+            pod_ip: ready.pod_ip,
+            api_version: self.version,
+            conversation_id: conversation_id.to_owned(),
+        }
+    }
+
+    async fn acquire_as<K: ClaimResource>(
+        &self,
+        conversation_id: &str,
+    ) -> Result<SandboxHandle, Error> {
+        let name = self.claim_name(conversation_id)?;
+        let deadline = Instant::now() + self.options.ready_timeout;
+        let api = self.api::<K>();
+        let policy = &self.options.retry;
+        let pp = PostParams {
+            field_manager: Some(self.options.field_manager.clone()),
+            ..Default::default()
+        };
+        loop {
+            // Each pass is a create; passes repeat only when the old claim vanished or was
+            // being deleted, so the deadline bounds them.
+            if Instant::now() >= deadline {
+                return Err(Error::Wait {
+                    name: name.clone(),
+                    source: wait::Error::Timeout {
+                        claim: name,
+                        after: self.options.ready_timeout,
+                        last_reason: None,
+                        last_message: Some(
+                            "the claim kept disappearing between create and read".into(),
+                        ),
+                    },
+                });
+            }
+            let desired: K = self.build(&name, conversation_id);
+            let created = retry(policy, "create claim", || api.create(&pp, &desired)).await;
+            let observed = match created {
+                Ok(claim) => {
+                    tracing::info!(claim = %name, "created claim");
+                    claim
+                }
+                Err(kube::Error::Api(s)) if s.is_already_exists() => {
+                    let Some(existing) = self.get_opt(&api, &name).await? else {
+                        // Deleted between our create and get: try again.
+                        continue;
+                    };
+                    if let Some(why) = Self::foreign_reason(&existing, conversation_id) {
+                        return Err(Error::Conflict { name, why });
+                    }
+                    if existing.meta().deletion_timestamp.is_some() {
+                        tracing::info!(claim = %name, "our claim is being deleted; waiting for it to go");
+                        let rv = existing.resource_version().unwrap_or_default();
+                        wait_deleted(&api, &name, existing.uid(), rv, deadline, policy)
+                            .await
+                            .map_err(|source| Error::AwaitDeletion {
+                                name: name.clone(),
+                                source,
+                            })?;
+                        continue;
+                    }
+                    tracing::info!(claim = %name, "adopting our existing claim");
+                    self.renew_if_stale(&api, &name, &existing).await?
+                }
+                Err(source) => return Err(Error::Create { name, source }),
+            };
+            let ready = wait_ready(
+                &api,
+                &observed,
+                deadline,
+                self.options.keep_waiting_on_not_found,
+                policy,
+            )
+            .await
+            .map_err(|source| Error::Wait {
+                name: name.clone(),
+                source,
+            })?;
+            tracing::info!(claim = %name, sandbox = %ready.sandbox_name, ip = %ready.pod_ip, "sandbox ready");
+            return Ok(self.handle(&name, conversation_id, ready));
+        }
+    }
+
+    /// On adoption, renews the lifecycle when less than half the TTL is left, so an adopted
+    /// claim does not expire mid-use. Returns the latest observed claim.
+    async fn renew_if_stale<K: ClaimResource>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        existing: &K,
+    ) -> Result<K, Error> {
+        let half = jiff::SignedDuration::try_from(self.options.ttl / 2)
+            .unwrap_or(jiff::SignedDuration::MAX);
+        let fresh = existing
+            .lifecycle()
+            .and_then(|l| l.shutdown_time.as_ref())
+            .is_some_and(|t| {
+                t.0 > jiff::Timestamp::now()
+                    .saturating_add(half)
+                    .unwrap_or(jiff::Timestamp::MAX)
+            });
+        if fresh {
+            return Ok(existing.clone());
+        }
+        self.patch_lifecycle(api, name).await
+    }
+
+    async fn patch_lifecycle<K: ClaimResource>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+    ) -> Result<K, Error> {
+        let patch = Patch::Merge(serde_json::json!({ "spec": { "lifecycle": self.lifecycle() } }));
+        let pp = PatchParams {
+            field_manager: Some(self.options.field_manager.clone()),
+            ..Default::default()
+        };
+        retry(&self.options.retry, "renew claim", || {
+            api.patch(name, &pp, &patch)
+        })
+        .await
+        .map_err(|source| match source {
+            kube::Error::Api(s) if s.is_not_found() => Error::NotFound {
+                name: name.to_owned(),
+            },
+            source => Error::Renew {
+                name: name.to_owned(),
+                source,
+            },
+        })
+    }
+
+    async fn get_opt<K: ClaimResource>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+    ) -> Result<Option<K>, Error> {
+        retry(&self.options.retry, "get claim", || api.get_opt(name))
+            .await
+            .map_err(|source| Error::Get {
+                name: name.to_owned(),
+                source,
+            })
+    }
+
+    async fn resolve_as<K: ClaimResource>(
+        &self,
+        conversation_id: &str,
+    ) -> Result<SandboxHandle, Error> {
+        let name = self.claim_name(conversation_id)?;
+        let deadline = Instant::now() + self.options.ready_timeout;
+        let api = self.api::<K>();
+        let existing = self
+            .get_opt(&api, &name)
+            .await?
+            .ok_or_else(|| Error::NotFound { name: name.clone() })?;
+        if let Some(why) = Self::foreign_reason(&existing, conversation_id) {
+            return Err(Error::Conflict { name, why });
+        }
+        let ready = wait_ready(
+            &api,
+            &existing,
+            deadline,
+            self.options.keep_waiting_on_not_found,
+            &self.options.retry,
+        )
+        .await
+        .map_err(|source| Error::Wait {
+            name: name.clone(),
+            source,
+        })?;
+        Ok(self.handle(&name, conversation_id, ready))
+    }
+
+    async fn renew_as<K: ClaimResource>(&self, name: &str) -> Result<(), Error> {
+        self.patch_lifecycle::<K>(&self.api(), name).await.map(drop)
+    }
+
+    async fn release_as<K: ClaimResource>(&self, conversation_id: &str) -> Result<(), Error> {
+        let name = self.claim_name(conversation_id)?;
+        let api = self.api::<K>();
+        let Some(existing) = self.get_opt(&api, &name).await? else {
+            return Ok(());
+        };
+        if let Some(why) = Self::foreign_reason(&existing, conversation_id) {
+            return Err(Error::Conflict { name, why });
+        }
+        self.delete_claim(&api, &name, existing.uid()).await
+    }
+
+    /// Deletes one claim by name with a uid precondition; 404 and a uid mismatch (the
+    /// object is already gone and replaced) are success.
+    pub(crate) async fn delete_claim<K: ClaimResource>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        uid: Option<String>,
+    ) -> Result<(), Error> {
+        let dp = DeleteParams {
+            propagation_policy: Some(match self.options.propagation {
+                Propagation::Background => PropagationPolicy::Background,
+                Propagation::Foreground => PropagationPolicy::Foreground,
+                Propagation::Orphan => PropagationPolicy::Orphan,
+            }),
+            preconditions: uid.map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match retry(&self.options.retry, "delete claim", || {
+            api.delete(name, &dp)
+        })
+        .await
+        {
+            Ok(_) => {
+                tracing::info!(claim = %name, "released claim");
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+            // A failed uid precondition means our object is gone already.
+            Err(kube::Error::Api(s)) if s.is_conflict() => Ok(()),
+            Err(source) => Err(Error::Delete {
+                name: name.to_owned(),
+                source,
+            }),
+        }
+    }
+}

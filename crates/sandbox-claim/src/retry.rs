@@ -1,0 +1,167 @@
+//! Bounded exponential backoff for transient Kubernetes API errors.
+//!
+//! Transient: HTTP 5xx, 429 (honouring the server's `retryAfterSeconds`, capped), and
+//! transport failures (connection refused or reset). Everything else (4xx, decode errors)
+//! surfaces at once. Note that the default kube client already retries 429/503/504 on its
+//! own; this layer adds 500/502 and transport errors and bounds the total.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// How often and how patiently to retry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, including the first (1 = no retries).
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled after each.
+    pub initial_backoff: Duration,
+    /// Upper bound of one delay.
+    pub max_backoff: Duration,
+    /// Upper bound of a server-requested `Retry-After`.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            // 5 attempts at 100 ms doubling is ~1.5 s of backoff in total: enough to ride
+            // out an API server restart blip, short enough to not hide an outage.
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            max_retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy that never retries.
+    pub fn none() -> Self {
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// Delay before retry number `retry` (0-based), or the server's hint when it gave one.
+    pub fn delay(&self, retry: u32, server_hint: Option<Duration>) -> Duration {
+        if let Some(hint) = server_hint {
+            return hint.min(self.max_retry_after);
+        }
+        let factor = 2u32.saturating_pow(retry.min(16));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
+/// Whether an error is worth retrying; `Some(hint)` carries the server's `Retry-After`.
+pub fn transient(err: &kube::Error) -> Option<Option<Duration>> {
+    match err {
+        kube::Error::Api(status) => {
+            let code = status.code;
+            if code == 429 || (500..600).contains(&code) {
+                let hint = status
+                    .details
+                    .as_ref()
+                    .map(|d| d.retry_after_seconds)
+                    .filter(|s| *s > 0)
+                    .map(|s| Duration::from_secs(u64::from(s)));
+                Some(hint)
+            } else {
+                None
+            }
+        }
+        kube::Error::HyperError(_) | kube::Error::Service(_) => Some(None),
+        _ => None,
+    }
+}
+
+/// Runs `op` until it succeeds, fails with a non-transient error, or runs out of attempts.
+pub(crate) async fn retry<T, F, Fut>(
+    policy: &RetryPolicy,
+    what: &'static str,
+    mut op: F,
+) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, kube::Error>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(err) => {
+                attempt += 1;
+                let Some(hint) = transient(&err) else {
+                    return Err(err);
+                };
+                if attempt >= policy.max_attempts {
+                    tracing::warn!(what, attempt, error = %err, "giving up after transient errors");
+                    return Err(err);
+                }
+                let delay = policy.delay(attempt - 1, hint);
+                tracing::debug!(what, attempt, ?delay, error = %err, "transient API error, retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(Status::failure("x", "y").with_code(code)))
+    }
+
+    #[test]
+    fn classifies_status_codes() {
+        assert!(transient(&api(500)).is_some());
+        assert!(transient(&api(503)).is_some());
+        assert!(transient(&api(429)).is_some());
+        assert!(transient(&api(404)).is_none());
+        assert!(transient(&api(409)).is_none());
+        assert!(transient(&api(422)).is_none());
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped_and_honours_hints() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.delay(0, None), Duration::from_millis(100));
+        assert_eq!(p.delay(1, None), Duration::from_millis(200));
+        assert_eq!(p.delay(20, None), Duration::from_secs(5));
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            p.delay(0, Some(Duration::from_secs(600))),
+            Duration::from_secs(30)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_transient_errors_then_gives_up() {
+        let mut calls = 0;
+        let p = RetryPolicy::default();
+        let r: Result<(), _> = retry(&p, "test", || {
+            calls += 1;
+            async { Err(api(500)) }
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls, 5);
+
+        let mut calls = 0;
+        let r: Result<(), _> = retry(&p, "test", || {
+            calls += 1;
+            async { Err(api(404)) }
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
+    }
+}

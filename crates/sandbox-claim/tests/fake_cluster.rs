@@ -1,0 +1,867 @@
+//! The claim lifecycle against the fake cluster: the real kube client over HTTP, the fake
+//! API server validating every write against the upstream CRDs (strict unknown fields), and
+//! the simulated agent-sandbox controller.
+
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use sandbox_claim::testing::{
+    FakeCluster, FakeClusterOptions, Fault, FaultAction, ReadyMode, Verb,
+};
+use sandbox_claim::types::v1beta1;
+use sandbox_claim::wait::Error as WaitError;
+use sandbox_claim::{
+    ApiVersion, ClaimOptions, Claims, Error, RetryPolicy, VersionSelection, labels, naming,
+};
+use std::time::Duration;
+
+const POOL: &str = "python-pool";
+const TEMPLATE: &str = "python";
+
+fn options() -> ClaimOptions {
+    ClaimOptions::default()
+        .source(POOL)
+        .ready_timeout(Duration::from_secs(10))
+        .retry(RetryPolicy {
+            initial_backoff: Duration::from_millis(10),
+            ..RetryPolicy::default()
+        })
+}
+
+async fn cluster_with(opts: FakeClusterOptions, replicas: Option<i32>) -> FakeCluster {
+    let cluster = FakeCluster::start(opts).await.expect("fake cluster starts");
+    cluster
+        .create_template(TEMPLATE, None)
+        .await
+        .expect("template");
+    if let Some(r) = replicas {
+        cluster
+            .create_warm_pool(POOL, TEMPLATE, r)
+            .await
+            .expect("pool");
+    }
+    cluster
+}
+
+/// A v1beta1 cluster with an empty pool (every claim is a cold start).
+async fn cold_cluster() -> FakeCluster {
+    cluster_with(FakeClusterOptions::default(), Some(0)).await
+}
+
+async fn claims(cluster: &FakeCluster, opts: ClaimOptions) -> Claims {
+    Claims::detect(cluster.client(), opts)
+        .await
+        .expect("detect")
+}
+
+fn claim_api(cluster: &FakeCluster) -> Api<v1beta1::SandboxClaim> {
+    Api::namespaced(cluster.client(), cluster.namespace())
+}
+
+fn sandbox_api(cluster: &FakeCluster) -> Api<v1beta1::Sandbox> {
+    Api::namespaced(cluster.client(), cluster.namespace())
+}
+
+fn wait_error(e: &Error) -> &WaitError {
+    e.wait_error()
+        .unwrap_or_else(|| panic!("not a wait error: {e:?}"))
+}
+
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn a_cold_claim_becomes_ready_with_the_sandbox_named_after_it() {
+    let cluster = cold_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    assert_eq!(claims.api_version(), ApiVersion::V1beta1);
+    let h = claims.acquire("Conversation_ABC").await.unwrap();
+    assert_eq!(
+        h.claim_name,
+        naming::claim_name("conv", "Conversation_ABC").unwrap()
+    );
+    assert_eq!(h.sandbox_name, h.claim_name);
+    assert_eq!(h.pod_name, h.sandbox_name);
+    assert!(h.pod_ip.is_loopback(), "{}", h.pod_ip);
+    assert_eq!(h.conversation_id, "Conversation_ABC");
+
+    let claim = claim_api(&cluster).get(&h.claim_name).await.unwrap();
+    assert_eq!(claim.labels()[labels::MANAGED_BY], labels::MANAGED_BY_VALUE);
+    assert_eq!(claim.labels()[labels::SOURCE], POOL);
+    assert_eq!(
+        claim.labels()[labels::CONVERSATION_HASH],
+        naming::conversation_hash("Conversation_ABC")
+    );
+    assert_eq!(
+        claim.annotations()[labels::CONVERSATION_ID],
+        "Conversation_ABC"
+    );
+    assert!(
+        claim
+            .annotations()
+            .contains_key(labels::CLIENT_FIRST_REQUESTED_AT)
+    );
+    let lifecycle = claim.spec.lifecycle.expect("lifecycle always set");
+    assert_eq!(
+        lifecycle.shutdown_policy,
+        Some(sandbox_claim::types::ShutdownPolicy::Delete)
+    );
+    let left = lifecycle
+        .shutdown_time
+        .unwrap()
+        .0
+        .duration_since(jiff::Timestamp::now());
+    assert!(left.as_secs() > 3500 && left.as_secs() <= 3600, "{left:?}");
+
+    let sandbox = sandbox_api(&cluster).get(&h.sandbox_name).await.unwrap();
+    let owner = &sandbox.owner_references()[0];
+    assert_eq!(owner.kind, "SandboxClaim");
+    assert_eq!(Some(&owner.uid), claim.metadata.uid.as_ref());
+}
+
+#[tokio::test]
+async fn a_warm_pool_member_is_adopted_and_the_pool_replenished() {
+    let cluster = cluster_with(FakeClusterOptions::default(), Some(2)).await;
+    let sandboxes = sandbox_api(&cluster);
+    eventually("two ready pool members", || async {
+        sandboxes
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len()
+            == 2
+    })
+    .await;
+    let claims = claims(&cluster, options()).await;
+    let h = claims.acquire("warm-1").await.unwrap();
+    assert!(
+        h.sandbox_name.starts_with("python-pool-"),
+        "{}",
+        h.sandbox_name
+    );
+    assert_ne!(h.sandbox_name, h.claim_name);
+    let adopted = sandboxes.get(&h.sandbox_name).await.unwrap();
+    assert_eq!(adopted.owner_references()[0].kind, "SandboxClaim");
+    assert!(!adopted.labels().contains_key(labels::WARM_POOL_SANDBOX));
+    eventually("the pool replenished", || async {
+        sandboxes
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len()
+            == 3
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn acquiring_again_adopts_our_own_claim() {
+    let cluster = cold_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    let a = claims.acquire("same").await.unwrap();
+    let b = claims.acquire("same").await.unwrap();
+    assert_eq!(a, b);
+    assert_eq!(
+        claim_api(&cluster)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    let r = claims.resolve("same").await.unwrap();
+    assert_eq!(r, a);
+}
+
+fn foreign_claim(name: &str) -> v1beta1::SandboxClaim {
+    v1beta1::SandboxClaim::new(
+        name,
+        v1beta1::SandboxClaimSpec {
+            warm_pool_ref: sandbox_claim::types::NameRef { name: POOL.into() },
+            ..Default::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_claim_that_is_not_ours_is_a_conflict() {
+    let cluster = cold_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    let name = claims.claim_name("taken").unwrap();
+    claim_api(&cluster)
+        .create(&PostParams::default(), &foreign_claim(&name))
+        .await
+        .unwrap();
+    let err = claims.acquire("taken").await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+    let err = claims.release("taken").await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_claim_of_ours_for_another_conversation_is_a_conflict() {
+    let cluster = cold_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    let name = claims.claim_name("mine").unwrap();
+    let mut c = foreign_claim(&name);
+    c.labels_mut()
+        .insert(labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into());
+    c.labels_mut().insert(
+        labels::CONVERSATION_HASH.into(),
+        naming::conversation_hash("other"),
+    );
+    c.annotations_mut()
+        .insert(labels::CONVERSATION_ID.into(), "other".into());
+    claim_api(&cluster)
+        .create(&PostParams::default(), &c)
+        .await
+        .unwrap();
+    let err = claims.acquire("mine").await.unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_claim_being_deleted_is_waited_out_then_recreated() {
+    let cluster = cold_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    let first = claims.acquire("again").await.unwrap();
+    let api = claim_api(&cluster);
+    let old_uid = api.get(&first.claim_name).await.unwrap().uid();
+    // Hold the old claim in "deleting" with a finalizer.
+    api.patch(
+        &first.claim_name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"finalizers": ["test/hold"]}})),
+    )
+    .await
+    .unwrap();
+    api.delete(&first.claim_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let acquiring = tokio::spawn({
+        let claims = claims.clone();
+        async move { claims.acquire("again").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!acquiring.is_finished(), "must not adopt a deleting claim");
+    api.patch(
+        &first.claim_name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    let second = acquiring.await.unwrap().unwrap();
+    assert_eq!(second.claim_name, first.claim_name);
+    assert_ne!(api.get(&second.claim_name).await.unwrap().uid(), old_uid);
+}
+
+#[tokio::test]
+async fn the_wait_ends_when_ready_flips_and_not_before() {
+    let cluster = cluster_with(
+        FakeClusterOptions::default().ready_mode(ReadyMode::Manual),
+        Some(0),
+    )
+    .await;
+    let claims = claims(&cluster, options()).await;
+    let acquiring = tokio::spawn({
+        let claims = claims.clone();
+        async move { claims.acquire("manual").await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!acquiring.is_finished());
+    cluster.controller().make_ready(1);
+    let h = tokio::time::timeout(Duration::from_secs(5), acquiring)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.sandbox_name, h.claim_name);
+}
+
+#[tokio::test]
+async fn every_terminal_reason_fails_fast() {
+    let cluster = cold_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    for reason in sandbox_claim::reason::TERMINAL_REASONS {
+        cluster.controller().fail_next(reason, "forced by test");
+        let started = std::time::Instant::now();
+        let err = claims.acquire(&format!("fail-{reason}")).await.unwrap_err();
+        match wait_error(&err) {
+            WaitError::Terminal {
+                reason: r, message, ..
+            } => {
+                assert_eq!(r, reason);
+                assert_eq!(message, "forced by test");
+            }
+            other => panic!("{reason}: {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
+
+#[tokio::test]
+async fn a_missing_warm_pool_fails_at_once_or_is_waited_for() {
+    let cluster = cluster_with(FakeClusterOptions::default(), None).await;
+    let claims = claims(&cluster, options()).await;
+    let err = claims.acquire("no-pool").await.unwrap_err();
+    assert!(
+        matches!(wait_error(&err), WaitError::WarmPoolNotFound { .. }),
+        "{err:?}"
+    );
+
+    let patient = Claims::detect(cluster.client(), options().keep_waiting_on_not_found(true))
+        .await
+        .unwrap();
+    let acquiring = tokio::spawn(async move { patient.acquire("late-pool").await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!acquiring.is_finished());
+    cluster.create_warm_pool(POOL, TEMPLATE, 0).await.unwrap();
+    acquiring
+        .await
+        .unwrap()
+        .expect("ready once the pool exists");
+}
+
+#[tokio::test]
+async fn a_missing_template_fails_at_once() {
+    let cluster = FakeCluster::start(FakeClusterOptions::default())
+        .await
+        .unwrap();
+    cluster.create_warm_pool(POOL, "nope", 0).await.unwrap();
+    let claims = claims(&cluster, options()).await;
+    let err = claims.acquire("no-template").await.unwrap_err();
+    match wait_error(&err) {
+        WaitError::TemplateNotFound { message, .. } => assert!(message.contains("nope")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_deadline_error_names_the_last_reason() {
+    let cluster = cluster_with(
+        FakeClusterOptions::default().ready_mode(ReadyMode::Manual),
+        Some(0),
+    )
+    .await;
+    let claims = claims(
+        &cluster,
+        options().ready_timeout(Duration::from_millis(600)),
+    )
+    .await;
+    let err = claims.acquire("slow").await.unwrap_err();
+    match wait_error(&err) {
+        WaitError::Timeout { last_reason, .. } => {
+            assert_eq!(last_reason.as_deref(), Some("DependenciesNotReady"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_claim_deleted_while_waiting_fails_the_wait() {
+    let cluster = cluster_with(
+        FakeClusterOptions::default().ready_mode(ReadyMode::Manual),
+        Some(0),
+    )
+    .await;
+    let claims = claims(&cluster, options()).await;
+    let acquiring = tokio::spawn({
+        let claims = claims.clone();
+        async move { claims.acquire("doomed").await }
+    });
+    let name = claims.claim_name("doomed").unwrap();
+    let api = claim_api(&cluster);
+    eventually("the claim exists", || async {
+        api.get_opt(&name).await.unwrap().is_some()
+    })
+    .await;
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+    let err = acquiring.await.unwrap().unwrap_err();
+    assert!(
+        matches!(wait_error(&err), WaitError::Deleted { .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_resource_version_is_recovered_with_one_list() {
+    let cluster = cluster_with(
+        FakeClusterOptions::default().ready_mode(ReadyMode::Manual),
+        Some(0),
+    )
+    .await;
+    let claims = claims(&cluster, options()).await;
+    cluster.server().inject(
+        Fault::new(FaultAction::ExpireResourceVersion)
+            .verb(Verb::Watch)
+            .resource("sandboxclaims")
+            .times(1),
+    );
+    cluster.server().reset_requests();
+    let acquiring = tokio::spawn({
+        let claims = claims.clone();
+        async move { claims.acquire("gone").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.controller().make_ready(1);
+    acquiring.await.unwrap().expect("ready after the re-list");
+    assert!(
+        cluster
+            .server()
+            .requests()
+            .count(Verb::List, "sandboxclaims")
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_watch_is_resumed() {
+    let cluster = cluster_with(
+        FakeClusterOptions::default().ready_mode(ReadyMode::Manual),
+        Some(0),
+    )
+    .await;
+    let claims = claims(&cluster, options()).await;
+    cluster.server().inject(
+        Fault::new(FaultAction::DropWatch { after_events: 1 })
+            .verb(Verb::Watch)
+            .resource("sandboxclaims")
+            .times(1),
+    );
+    let acquiring = tokio::spawn({
+        let claims = claims.clone();
+        async move { claims.acquire("dropped").await }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cluster.controller().make_ready(1);
+    acquiring
+        .await
+        .unwrap()
+        .expect("ready after resuming the watch");
+}
+
+#[tokio::test]
+async fn server_errors_and_throttling_are_retried() {
+    let cluster = cold_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    cluster.server().inject(
+        Fault::status(500, "InternalError")
+            .verb(Verb::Create)
+            .resource("sandboxclaims")
+            .times(2),
+    );
+    cluster.server().inject(
+        Fault::too_many_requests(1)
+            .verb(Verb::Watch)
+            .resource("sandboxclaims")
+            .times(1),
+    );
+    cluster.server().reset_requests();
+    claims
+        .acquire("flaky")
+        .await
+        .expect("retried through 500s and a 429");
+    assert_eq!(
+        cluster
+            .server()
+            .requests()
+            .count(Verb::Create, "sandboxclaims"),
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_reset_connection_is_retried() {
+    let cluster = cold_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    cluster.server().inject(
+        Fault::reset_connection()
+            .verb(Verb::Delete)
+            .resource("sandboxclaims")
+            .times(1),
+    );
+    claims.acquire("reset").await.unwrap();
+    claims
+        .release("reset")
+        .await
+        .expect("delete retried after a reset");
+    assert!(
+        claim_api(&cluster)
+            .get_opt(&claims.claim_name("reset").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn client_errors_surface_at_once() {
+    let cluster = cold_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    cluster.server().inject(
+        Fault::status(403, "Forbidden")
+            .verb(Verb::Create)
+            .resource("sandboxclaims"),
+    );
+    cluster.server().reset_requests();
+    let err = claims.acquire("forbidden").await.unwrap_err();
+    assert!(matches!(err, Error::Create { .. }), "{err:?}");
+    assert_eq!(
+        cluster
+            .server()
+            .requests()
+            .count(Verb::Create, "sandboxclaims"),
+        1
+    );
+}
+
+#[tokio::test]
+async fn release_is_idempotent_and_cascades() {
+    let cluster = cold_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    let h = claims.acquire("bye").await.unwrap();
+    claims.release(&h).await.unwrap();
+    claims.release(&h).await.unwrap();
+    claims.release("never-acquired").await.unwrap();
+    let sandboxes = sandbox_api(&cluster);
+    eventually("the sandbox is gone", || async {
+        sandboxes.get_opt(&h.sandbox_name).await.unwrap().is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn renew_pushes_the_shutdown_time_with_one_patch() {
+    let cluster = cold_cluster().await;
+    let claims = claims(&cluster, options().ttl(Duration::from_secs(60))).await;
+    let h = claims.acquire("renew").await.unwrap();
+    let api = claim_api(&cluster);
+    let before = api
+        .get(&h.claim_name)
+        .await
+        .unwrap()
+        .spec
+        .lifecycle
+        .unwrap()
+        .shutdown_time
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    cluster.server().reset_requests();
+    claims.renew(&h).await.unwrap();
+    assert_eq!(cluster.server().requests().total(), 1);
+    let after = api
+        .get(&h.claim_name)
+        .await
+        .unwrap()
+        .spec
+        .lifecycle
+        .unwrap()
+        .shutdown_time
+        .unwrap();
+    assert!(after.0 > before.0);
+    let err = claims.renew("unknown").await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn an_expired_claim_is_deleted_by_the_controller() {
+    let cluster = cold_cluster().await;
+    let claims = claims(&cluster, options().ttl(Duration::from_secs(1))).await;
+    let h = claims.acquire("short").await.unwrap();
+    let api = claim_api(&cluster);
+    eventually("the claim expired", || async {
+        api.get_opt(&h.claim_name).await.unwrap().is_none()
+    })
+    .await;
+    let sandboxes = sandbox_api(&cluster);
+    eventually("the sandbox is gone", || async {
+        sandboxes.get_opt(&h.sandbox_name).await.unwrap().is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_sweeper_deletes_dead_and_expired_claims_only() {
+    let cluster = cold_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    for id in ["live", "dead"] {
+        claims.acquire(id).await.unwrap();
+    }
+    // An expired claim of ours (the controller would delete it too; make it look expired).
+    let expired = claims.acquire("expired").await.unwrap();
+    let api = claim_api(&cluster);
+    api.patch(
+        &expired.claim_name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"lifecycle": {"shutdownPolicy": "Retain", "shutdownTime": "2000-01-01T00:00:00Z"}}})),
+    )
+    .await
+    .unwrap();
+    // Someone else's claim in the same namespace is never touched.
+    api.create(&PostParams::default(), &foreign_claim("not-ours"))
+        .await
+        .unwrap();
+
+    let report = claims.sweep(|id| id != "dead").await.unwrap();
+    let mut deleted = report.deleted.clone();
+    deleted.sort();
+    let mut want = vec![
+        claims.claim_name("dead").unwrap(),
+        expired.claim_name.clone(),
+    ];
+    want.sort();
+    assert_eq!(deleted, want);
+    assert_eq!(report.kept, 1);
+
+    let all = claims.release_all().await.unwrap();
+    assert_eq!(all.deleted, vec![claims.claim_name("live").unwrap()]);
+    assert!(api.get_opt("not-ours").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_v0_4_6_cluster_is_detected_and_served_with_v1alpha1() {
+    let cluster = cluster_with(FakeClusterOptions::v0_4_6(), None).await;
+    let claims = claims(&cluster, options().source(TEMPLATE)).await;
+    assert_eq!(claims.api_version(), ApiVersion::V1alpha1);
+    let h = claims.acquire("old-cluster").await.unwrap();
+    assert_eq!(h.api_version, ApiVersion::V1alpha1);
+    assert_eq!(h.sandbox_name, h.claim_name);
+    claims.renew(&h).await.unwrap();
+    claims.release(&h).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_v0_4_6_warm_pool_is_used_by_template() {
+    let cluster = cluster_with(FakeClusterOptions::v0_4_6(), None).await;
+    cluster.create_warm_pool(POOL, TEMPLATE, 1).await.unwrap();
+    let sandboxes: Api<sandbox_claim::types::v1alpha1::Sandbox> =
+        Api::namespaced(cluster.client(), cluster.namespace());
+    eventually("a pool member", || async {
+        !sandboxes
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    })
+    .await;
+    let claims = claims(
+        &cluster,
+        options().source(TEMPLATE).v1alpha1_warmpool("default"),
+    )
+    .await;
+    let h = claims.acquire("old-warm").await.unwrap();
+    assert!(
+        h.sandbox_name.starts_with("python-pool-"),
+        "{}",
+        h.sandbox_name
+    );
+}
+
+#[tokio::test]
+async fn a_missing_template_on_v1alpha1_is_template_not_found() {
+    let cluster = FakeCluster::start(FakeClusterOptions::v0_4_6())
+        .await
+        .unwrap();
+    let claims = claims(&cluster, options().source("absent")).await;
+    let err = claims.acquire("x").await.unwrap_err();
+    assert!(
+        matches!(wait_error(&err), WaitError::TemplateNotFound { .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_fixed_version_skips_discovery() {
+    let cluster = cold_cluster().await;
+    cluster.server().reset_requests();
+    let claims = Claims::detect(
+        cluster.client(),
+        options().api_version(VersionSelection::V1beta1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(claims.api_version(), ApiVersion::V1beta1);
+    assert_eq!(cluster.server().requests().total(), 0);
+}
+
+/// Requests for one claim (create → ready → release), client and controller together,
+/// with a fast and a slow sandbox: the same count, because nobody polls.
+#[tokio::test]
+async fn requests_do_not_grow_with_time_to_ready() {
+    async fn count(delay: Duration) -> u64 {
+        let cluster = cluster_with(
+            FakeClusterOptions::default().ready_mode(ReadyMode::After(delay)),
+            Some(0),
+        )
+        .await;
+        let claims = claims(&cluster, options()).await;
+        // Let the controller's watches settle before counting.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cluster.server().reset_requests();
+        let h = claims.acquire("count").await.unwrap();
+        claims.release(&h).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let log = cluster.server().requests();
+        // Our client: 1 create + 1 watch + 1 get + 1 delete.
+        assert_eq!(log.count(Verb::Create, "sandboxclaims"), 1);
+        assert_eq!(log.count(Verb::Watch, "sandboxclaims"), 1, "{log:?}");
+        assert_eq!(log.count(Verb::List, "sandboxclaims"), 0, "{log:?}");
+        assert_eq!(log.count(Verb::Delete, "sandboxclaims"), 1);
+        log.total()
+    }
+    let fast = count(Duration::from_millis(10)).await;
+    let slow = count(Duration::from_millis(3000)).await;
+    assert_eq!(fast, slow);
+}
+
+#[tokio::test]
+async fn a_dropped_acquire_leaves_nothing_the_next_call_trips_over() {
+    let cluster = cluster_with(
+        FakeClusterOptions::default().ready_mode(ReadyMode::Manual),
+        Some(0),
+    )
+    .await;
+    let claims = claims(&cluster, options()).await;
+    let name = claims.claim_name("cancel").unwrap();
+    let api = claim_api(&cluster);
+    // Drop the future mid-wait (after the create).
+    let dropped = tokio::time::timeout(Duration::from_millis(300), claims.acquire("cancel")).await;
+    assert!(dropped.is_err());
+    assert!(api.get_opt(&name).await.unwrap().is_some());
+    cluster.controller().make_ready(1);
+    let h = claims
+        .acquire("cancel")
+        .await
+        .expect("adopts the claim left behind");
+    assert_eq!(h.claim_name, name);
+    assert_eq!(api.list(&Default::default()).await.unwrap().items.len(), 1);
+}
+
+#[tokio::test]
+async fn a_retained_claim_that_expires_reports_claim_expired() {
+    let cluster = cold_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    let h = claims.acquire("retain").await.unwrap();
+    let api = claim_api(&cluster);
+    api.patch(
+        &h.claim_name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"lifecycle": {"shutdownPolicy": "Retain", "shutdownTime": "2000-01-01T00:00:00Z"}}})),
+    )
+    .await
+    .unwrap();
+    let sandboxes = sandbox_api(&cluster);
+    eventually("the sandbox is deleted", || async {
+        sandboxes.get_opt(&h.sandbox_name).await.unwrap().is_none()
+    })
+    .await;
+    let err = claims.resolve(&h).await.unwrap_err();
+    match wait_error(&err) {
+        WaitError::Terminal { reason, .. } => assert_eq!(reason, "ClaimExpired"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        api.get_opt(&h.claim_name).await.unwrap().is_some(),
+        "Retain keeps the claim"
+    );
+}
+
+#[tokio::test]
+async fn resolve_without_a_claim_is_not_found() {
+    let cluster = cold_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    let err = claims.resolve("nobody").await.unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+}
+
+/// A runtime whose pods never start: the sandbox reports `PodFailed`, forwarded to the claim.
+#[derive(Debug)]
+struct BrokenRuntime;
+
+impl sandbox_claim::testing::PodRuntime for BrokenRuntime {
+    fn start<'a>(
+        &'a self,
+        _request: &'a sandbox_claim::testing::PodRequest,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<sandbox_claim::testing::PodStarted, sandbox_claim::testing::PodRuntimeError>,
+    > {
+        Box::pin(async {
+            Err(sandbox_claim::testing::PodRuntimeError {
+                message: "image pull failed".into(),
+            })
+        })
+    }
+
+    fn stop<'a>(&'a self, _: &'a str, _: &'a str) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test]
+async fn a_pod_runtime_failure_is_pod_failed() {
+    let opts = FakeClusterOptions::default().runtime(std::sync::Arc::new(BrokenRuntime));
+    let cluster = cluster_with(opts, Some(0)).await;
+    let claims = claims(&cluster, options()).await;
+    let err = claims.acquire("broken").await.unwrap_err();
+    match wait_error(&err) {
+        WaitError::Terminal {
+            reason, message, ..
+        } => {
+            assert_eq!(reason, "PodFailed");
+            assert!(message.contains("image pull failed"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The fake API server validates every write against the upstream CRD schemas, strictly:
+/// the claims, sandboxes and statuses written in the other tests passed it, and a field the
+/// CRD does not know is rejected with the field path.
+#[tokio::test]
+async fn writes_are_validated_against_the_upstream_crds() {
+    let cluster = cold_cluster().await;
+    let ar = kube::api::ApiResource::erase::<v1beta1::SandboxClaim>(&());
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(cluster.client(), cluster.namespace(), &ar);
+    let mut bad = kube::api::DynamicObject::new("bad", &ar);
+    bad.data = serde_json::json!({"spec": {"warmPoolRef": {"name": "p"}, "lifecycle": {"shutdownPolicy": "Sometimes"}}});
+    let err = api.create(&PostParams::default(), &bad).await.unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422),
+        "{err:?}"
+    );
+    bad.data = serde_json::json!({"spec": {"warmPoolRef": {"name": "p"}, "sandboxTemplateRef": {"name": "t"}}});
+    let err = api.create(&PostParams::default(), &bad).await.unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422),
+        "{err:?}"
+    );
+
+    // And what we write passes, on both versions.
+    let claims = claims(&cluster, options()).await;
+    claims.acquire("valid").await.unwrap();
+    let old = cluster_with(FakeClusterOptions::v0_4_6(), None).await;
+    let old_claims = Claims::detect(
+        old.client(),
+        options().source(TEMPLATE).v1alpha1_warmpool("none"),
+    )
+    .await
+    .unwrap();
+    old_claims.acquire("valid").await.unwrap();
+}
