@@ -1,0 +1,501 @@
+//! The agent-sandbox backend against the fake cluster: the real kube client
+//! over HTTP, the simulated agent-sandbox controller, and in-process AXP
+//! agents served at each "pod IP" over real TCP.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use axp_transport::{
+    Agent, AgentError, AgentServer, Execution, OutputStream, ServerOptions, content,
+    pb::AgentStart,
+    registry::{ConnectionMode, Registry, ReleasePolicy},
+    sandbox_agent::{AgentSandboxAgent, SandboxAgentError, SandboxAgentOptions},
+};
+use futures::future::BoxFuture;
+use sandbox_claim::{
+    ClaimOptions, Claims, RetryPolicy,
+    testing::{FakeCluster, FakeClusterOptions, PodRequest, PodRuntime, PodRuntimeError, PodStarted, ReadyMode, Verb},
+};
+use tokio::sync::oneshot;
+use tonic::Code;
+
+const POOL: &str = "python-pool";
+const TEMPLATE: &str = "python";
+const PORT: u16 = 8494;
+
+/// What the agents in the "pods" do: count turns per conversation and say where they run.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Count,
+    /// One output, then a failure: the call broke after output started.
+    FailAfterOutput,
+    /// Refuse: an agent's own error before any output.
+    Refuse,
+    /// Take this long before answering.
+    Slow(Duration),
+}
+
+struct PodAgent {
+    address: SocketAddr,
+    turns: Mutex<HashMap<String, u32>>,
+    behaviour: Behaviour,
+    executions: Arc<AtomicU32>,
+    metadata: Arc<Mutex<Vec<HashMap<String, String>>>>,
+}
+
+impl Agent for PodAgent {
+    async fn execute(&self, execution: Execution) -> Result<OutputStream, AgentError> {
+        self.executions.fetch_add(1, Ordering::SeqCst);
+        let headers = execution
+            .metadata
+            .iter()
+            .filter_map(|entry| match entry {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some((k.to_string(), v.to_str().ok()?.to_owned())),
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .collect();
+        self.metadata.lock().unwrap().push(headers);
+        let turn = {
+            let mut turns = self.turns.lock().unwrap();
+            let turn = turns.entry(execution.conversation_id.clone()).or_default();
+            *turn += 1;
+            *turn
+        };
+        let text = format!("turn {turn} at {}", self.address.ip());
+        match self.behaviour {
+            Behaviour::Count => Ok(Box::pin(futures::stream::iter([Ok(vec![content::model_text(text)])]))),
+            Behaviour::Slow(pause) => Ok(Box::pin(async_stream::stream! {
+                tokio::time::sleep(pause).await;
+                yield Ok(vec![content::model_text(text)]);
+            })),
+            Behaviour::FailAfterOutput => Ok(Box::pin(futures::stream::iter([
+                Ok(vec![content::model_text(text)]),
+                Err(AgentError::Unavailable("worker crashed mid-way".into())),
+            ]))),
+            Behaviour::Refuse => Err(AgentError::PermissionDenied("pinned to another conversation".into())),
+        }
+    }
+}
+
+/// Pods are in-process AXP servers on their own loopback address.
+struct ServingRuntime {
+    next: AtomicU32,
+    behaviour: Behaviour,
+    pods: Mutex<HashMap<String, (IpAddr, oneshot::Sender<()>)>>,
+    started: AtomicU32,
+    executions: Arc<AtomicU32>,
+    metadata: Arc<Mutex<Vec<HashMap<String, String>>>>,
+}
+
+impl ServingRuntime {
+    fn new(behaviour: Behaviour) -> Arc<Self> {
+        Arc::new(Self {
+            // Spread test binaries and tests over 127.2.x.x so parallel runs do not collide.
+            next: AtomicU32::new((std::process::id() % 200) * 250),
+            behaviour,
+            pods: Mutex::new(HashMap::new()),
+            started: AtomicU32::new(0),
+            executions: Arc::new(AtomicU32::new(0)),
+            metadata: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    fn running(&self) -> usize {
+        self.pods.lock().unwrap().len()
+    }
+
+    /// Stops a pod's server as a crash would.
+    fn crash(&self, pod: &str) {
+        if let Some((_, stop)) = self.pods.lock().unwrap().remove(pod) {
+            let _ = stop.send(());
+        }
+    }
+
+    async fn serve(&self, request: &PodRequest) -> Result<PodStarted, PodRuntimeError> {
+        for _ in 0..8 {
+            let n = self.next.fetch_add(1, Ordering::SeqCst) % 60_000;
+            let ip = IpAddr::V4(Ipv4Addr::new(127, 2, (n / 250) as u8, (n % 250 + 1) as u8));
+            let address = SocketAddr::new(ip, PORT);
+            let Ok(listener) = tokio::net::TcpListener::bind(address).await else {
+                continue;
+            };
+            let agent = PodAgent {
+                address,
+                turns: Mutex::new(HashMap::new()),
+                behaviour: self.behaviour,
+                executions: self.executions.clone(),
+                metadata: self.metadata.clone(),
+            };
+            let server = AgentServer::new(agent, ServerOptions {
+                grace_period: Duration::from_millis(100),
+                ..ServerOptions::default()
+            });
+            server.health().set_serving().await;
+            let (stop, stopped) = oneshot::channel::<()>();
+            tokio::spawn(server.serve(listener, async move {
+                let _ = stopped.await;
+            }));
+            self.started.fetch_add(1, Ordering::SeqCst);
+            self.pods.lock().unwrap().insert(request.pod_name.clone(), (ip, stop));
+            return Ok(PodStarted {
+                ip,
+                pod_name: request.pod_name.clone(),
+            });
+        }
+        Err(PodRuntimeError {
+            message: "no free loopback address".into(),
+        })
+    }
+}
+
+impl PodRuntime for ServingRuntime {
+    fn start<'a>(&'a self, request: &'a PodRequest) -> BoxFuture<'a, Result<PodStarted, PodRuntimeError>> {
+        Box::pin(self.serve(request))
+    }
+
+    fn stop<'a>(&'a self, _namespace: &'a str, pod_name: &'a str) -> BoxFuture<'a, ()> {
+        self.crash(pod_name);
+        Box::pin(async {})
+    }
+}
+
+struct Setup {
+    cluster: FakeCluster,
+    runtime: Arc<ServingRuntime>,
+}
+
+async fn setup(behaviour: Behaviour, replicas: i32) -> Setup {
+    setup_with(behaviour, replicas, FakeClusterOptions::default()).await
+}
+
+async fn setup_with(behaviour: Behaviour, replicas: i32, options: FakeClusterOptions) -> Setup {
+    let runtime = ServingRuntime::new(behaviour);
+    let cluster = FakeCluster::start(options.runtime(runtime.clone()).ready_mode(ReadyMode::After(Duration::from_millis(30))))
+        .await
+        .unwrap();
+    cluster.create_template(TEMPLATE, None).await.unwrap();
+    cluster.create_warm_pool(POOL, TEMPLATE, replicas).await.unwrap();
+    Setup { cluster, runtime }
+}
+
+fn options(cluster: &FakeCluster) -> SandboxAgentOptions {
+    SandboxAgentOptions {
+        claims: ClaimOptions::default()
+            .namespace(cluster.namespace())
+            .source(POOL)
+            .ready_timeout(Duration::from_secs(10))
+            .retry(RetryPolicy {
+                initial_backoff: Duration::from_millis(10),
+                ..RetryPolicy::default()
+            }),
+        ..SandboxAgentOptions::default()
+    }
+}
+
+async fn backend(setup: &Setup) -> AgentSandboxAgent {
+    AgentSandboxAgent::new(setup.cluster.client(), options(&setup.cluster)).await.unwrap()
+}
+
+fn start() -> AgentStart {
+    AgentStart {
+        subagent_prompt: "print(1)".into(),
+        ..AgentStart::default()
+    }
+}
+
+/// Runs one execution and returns the planner's view of its outputs.
+async fn run(agent: &AgentSandboxAgent, conversation: &str, exec: &str) -> Result<String, SandboxAgentError> {
+    let mut seen = Vec::new();
+    agent
+        .connect(conversation, exec, start(), |batch| seen.extend(batch))
+        .await?;
+    Ok(content::planner_view(&seen))
+}
+
+fn claims_left(setup: &Setup) -> usize {
+    setup
+        .cluster
+        .server()
+        .objects("extensions.agents.x-k8s.io", "sandboxclaims", Some(setup.cluster.namespace()))
+        .len()
+}
+
+#[tokio::test]
+async fn a_conversation_keeps_its_sandbox_and_its_state_across_executions() {
+    let setup = setup(Behaviour::Count, 0).await;
+    let agent = backend(&setup).await;
+    let server = setup.cluster.server();
+
+    let first = run(&agent, "conv-a", "e1").await.unwrap();
+    assert!(first.starts_with("turn 1 at 127.2."), "{first}");
+    let creates = server.requests().count(Verb::Create, "sandboxclaims");
+    let watches = server.requests().count(Verb::Watch, "sandboxclaims");
+
+    let mut second_report = None;
+    let mut seen = Vec::new();
+    second_report.replace(agent.connect("conv-a", "e2", start(), |b| seen.extend(b)).await.unwrap());
+    let second = content::planner_view(&seen);
+    let address = first.trim_start_matches("turn 1 at ");
+    assert_eq!(second, format!("turn 2 at {address}"), "same sandbox, state kept");
+    let report = second_report.unwrap();
+    assert_eq!(report.claim_to_ready, Duration::ZERO, "no claim or wait on the second turn");
+    assert!(report.ended && report.frames == 1 && !report.re_resolved);
+    assert_eq!(server.requests().count(Verb::Create, "sandboxclaims"), creates, "no new claim");
+    assert_eq!(server.requests().count(Verb::Watch, "sandboxclaims"), watches, "no new wait");
+    assert_eq!(claims_left(&setup), 1);
+}
+
+#[tokio::test]
+async fn two_conversations_get_two_sandboxes() {
+    let setup = setup(Behaviour::Count, 0).await;
+    let agent = backend(&setup).await;
+    let (a, b) = tokio::join!(run(&agent, "conv-a", "e1"), run(&agent, "conv-b", "e1"));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.starts_with("turn 1") && b.starts_with("turn 1"));
+    assert_ne!(a, b, "different pod addresses");
+    assert_eq!(claims_left(&setup), 2);
+    assert_eq!(setup.runtime.running(), 2);
+}
+
+#[tokio::test]
+async fn release_and_close_leave_no_claims_and_no_pods() {
+    let setup = setup(Behaviour::Count, 0).await;
+    let agent = backend(&setup).await;
+    for conversation in ["a", "b", "c"] {
+        run(&agent, conversation, "e1").await.unwrap();
+    }
+    assert_eq!(claims_left(&setup), 3);
+    agent.release("a").await.unwrap();
+    agent.release("a").await.expect("release is idempotent");
+    assert_eq!(claims_left(&setup), 2);
+    agent.close().await.unwrap();
+    assert_eq!(claims_left(&setup), 0);
+    assert!(agent.active_conversations().is_empty());
+    for _ in 0..100 {
+        if setup.runtime.running() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(setup.runtime.running(), 0, "the controller stopped every pod");
+}
+
+#[tokio::test]
+async fn the_per_execution_policy_releases_after_each_execution() {
+    let setup = setup(Behaviour::Count, 0).await;
+    let options = SandboxAgentOptions {
+        release: ReleasePolicy::PerExecution,
+        ..options(&setup.cluster)
+    };
+    let agent = AgentSandboxAgent::new(setup.cluster.client(), options).await.unwrap();
+    assert!(run(&agent, "conv", "e1").await.unwrap().starts_with("turn 1"));
+    assert_eq!(claims_left(&setup), 0);
+    assert!(run(&agent, "conv", "e2").await.unwrap().starts_with("turn 1"), "a fresh sandbox each time");
+    assert_eq!(setup.runtime.started.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_restarted_controller_adopts_the_live_claim_instead_of_creating_a_new_sandbox() {
+    let setup = setup(Behaviour::Count, 0).await;
+    let first = backend(&setup).await;
+    run(&first, "conv", "e1").await.unwrap();
+    drop(first); // the controller process "crashes": nothing is released
+
+    let restarted = backend(&setup).await;
+    let again = run(&restarted, "conv", "e2").await.unwrap();
+    assert!(again.starts_with("turn 2"), "same sandbox, state intact: {again}");
+    assert_eq!(setup.runtime.started.load(Ordering::SeqCst), 1);
+    assert_eq!(claims_left(&setup), 1);
+}
+
+#[tokio::test]
+async fn a_warm_pool_serves_the_claim_from_a_ready_member() {
+    let setup = setup(Behaviour::Count, 2).await;
+    // Let the pool fill.
+    for _ in 0..200 {
+        if setup.runtime.running() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let agent = backend(&setup).await;
+    let mut seen = Vec::new();
+    let report = agent.connect("conv", "e1", start(), |b| seen.extend(b)).await.unwrap();
+    assert!(
+        report.sandbox.sandbox_name.starts_with(&format!("{POOL}-")),
+        "adopted from the pool: {}",
+        report.sandbox.sandbox_name
+    );
+    assert_ne!(report.sandbox.sandbox_name, report.sandbox.claim_name);
+}
+
+#[tokio::test]
+async fn a_crashed_pod_is_re_resolved_once_and_the_execution_retried() {
+    let setup = setup(Behaviour::Count, 0).await;
+    let agent = backend(&setup).await;
+    let mut seen = Vec::new();
+    let first = agent.connect("conv", "e1", start(), |b| seen.extend(b)).await.unwrap();
+
+    // The pod dies and the controller brings up a replacement with a new IP.
+    //REPLACE setup.cluster.replace_pod(&first.sandbox.sandbox_name).await.unwrap();
+
+    let mut seen = Vec::new();
+    let second = agent.connect("conv", "e2", start(), |b| seen.extend(b)).await.unwrap();
+    assert!(second.re_resolved, "the stale endpoint must be re-resolved");
+    assert_ne!(second.sandbox.pod_ip, first.sandbox.pod_ip);
+    assert!(content::planner_view(&seen).starts_with("turn 1"), "a new pod has no state");
+}
+
+#[tokio::test]
+async fn a_failure_after_output_started_is_reported_and_never_retried() {
+    let setup = setup(Behaviour::FailAfterOutput, 0).await;
+    let agent = backend(&setup).await;
+    let mut seen = Vec::new();
+    let error = agent.connect("conv", "e1", start(), |b| seen.extend(b)).await.unwrap_err();
+    assert_eq!(seen.len(), 1, "the output before the failure was delivered");
+    match &error {
+        SandboxAgentError::Stream { outputs, claim, .. } => {
+            assert_eq!(*outputs, 1);
+            assert!(claim.starts_with("conv-"), "{claim}");
+        }
+        other => panic!("expected a stream error, got {other:?}"),
+    }
+    assert_eq!(error.agent_code(), Some(Code::Unavailable));
+    assert_eq!(setup.runtime.executions.load(Ordering::SeqCst), 1, "no retry: side effects must not repeat");
+}
+
+#[tokio::test]
+async fn an_agents_refusal_is_final_and_names_the_claim_and_endpoint() {
+    let setup = setup(Behaviour::Refuse, 0).await;
+    let agent = backend(&setup).await;
+    let error = run(&agent, "conv", "e1").await.unwrap_err();
+    assert_eq!(error.agent_code(), Some(Code::PermissionDenied));
+    let message = error.to_string();
+    assert!(message.contains("conv-") && message.contains(":8494"), "{message}");
+    assert_eq!(setup.runtime.executions.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_sandbox_that_never_becomes_ready_is_a_wait_error_with_the_last_reason() {
+    let runtime = ServingRuntime::new(Behaviour::Count);
+    let cluster = FakeCluster::start(FakeClusterOptions::default().runtime(runtime).ready_mode(ReadyMode::Manual))
+        .await
+        .unwrap();
+    cluster.create_template(TEMPLATE, None).await.unwrap();
+    cluster.create_warm_pool(POOL, TEMPLATE, 0).await.unwrap();
+    let mut options = options(&cluster);
+    options.claims = options.claims.ready_timeout(Duration::from_millis(500));
+    let agent = AgentSandboxAgent::new(cluster.client(), options).await.unwrap();
+    let error = run(&agent, "conv", "e1").await.unwrap_err();
+    assert!(matches!(error, SandboxAgentError::Wait { .. }), "{error:?}");
+    let chain = format!("{:?}", anyhow_chain(&error));
+    assert!(chain.contains("Timeout"), "{chain}");
+    agent.close().await.unwrap();
+}
+
+fn anyhow_chain(error: &dyn std::error::Error) -> Vec<String> {
+    let mut chain = vec![format!("{error:?}")];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push(format!("{cause:?}"));
+        source = cause.source();
+    }
+    chain
+}
+
+#[tokio::test]
+async fn a_long_execution_renews_the_claims_lifetime() {
+    let setup = setup(Behaviour::Slow(Duration::from_millis(2500)), 0).await;
+    let mut options = options(&setup.cluster);
+    options.claims = options.claims.ttl(Duration::from_secs(3));
+    let agent = AgentSandboxAgent::new(setup.cluster.client(), options).await.unwrap();
+    let patches_before = setup.cluster.server().requests().count(Verb::Patch, "sandboxclaims");
+    run(&agent, "conv", "e1").await.unwrap();
+    let patches = setup.cluster.server().requests().count(Verb::Patch, "sandboxclaims") - patches_before;
+    assert!(patches >= 1, "the claim was renewed during the execution ({patches} patches)");
+    assert_eq!(claims_left(&setup), 1, "the claim outlived its original TTL");
+}
+
+#[tokio::test]
+async fn router_mode_sends_the_sandbox_headers_to_the_router() {
+    let setup = setup(Behaviour::Count, 0).await;
+    // A stand-in router: an AXP server that records the headers it is given.
+    let router = ServingRuntime::new(Behaviour::Count);
+    let request = PodRequest {
+        namespace: "router".into(),
+        sandbox_name: "router".into(),
+        pod_name: "router".into(),
+        template: None,
+        warm_pool: None,
+        pod_template: serde_json::Value::Null,
+    };
+    let router_pod = router.start(&request).await.unwrap();
+    let options = SandboxAgentOptions {
+        connection: ConnectionMode::Router {
+            url: format!("http://{}:{PORT}", router_pod.ip),
+        },
+        ..options(&setup.cluster)
+    };
+    let agent = AgentSandboxAgent::new(setup.cluster.client(), options).await.unwrap();
+    let mut seen = Vec::new();
+    let report = agent.connect("conv", "e1", start(), |b| seen.extend(b)).await.unwrap();
+    let headers = router.metadata.lock().unwrap()[0].clone();
+    assert_eq!(headers["x-sandbox-id"], report.sandbox.sandbox_name);
+    assert_eq!(headers["x-sandbox-namespace"], setup.cluster.namespace());
+    assert_eq!(headers["x-sandbox-port"], "8494");
+    assert_eq!(headers["x-sandbox-pod-ip"], report.sandbox.pod_ip.to_string());
+    assert_eq!(headers["execution-id"], "e1");
+}
+
+#[tokio::test]
+async fn a_registry_entry_builds_a_backend_for_v1beta1_and_v1alpha1_clusters() {
+    let yaml = |ns: &str| {
+        format!(
+            "registry:\n  agent_sandbox_agents:\n    - id: py\n      namespace: {ns}\n      template: {TEMPLATE}\n      warm_pool: {POOL}\n      ready_timeout: 10s\n"
+        )
+    };
+    for options in [FakeClusterOptions::default(), FakeClusterOptions::v0_4_6()] {
+        let setup = setup_with(Behaviour::Count, 0, options).await;
+        let registry = Registry::from_yaml(&yaml(setup.cluster.namespace())).unwrap();
+        let agent = AgentSandboxAgent::from_config(setup.cluster.client(), registry.get("py").unwrap())
+            .await
+            .unwrap();
+        assert_eq!(agent.claims().api_version(), setup.cluster.api_version());
+        assert!(run(&agent, "conv", "e1").await.unwrap().starts_with("turn 1"));
+        agent.close().await.unwrap();
+        assert_eq!(claims_left(&setup), 0);
+    }
+}
+
+#[tokio::test]
+async fn an_entry_without_what_the_cluster_needs_is_a_config_error() {
+    let setup = setup(Behaviour::Count, 0).await;
+    let yaml = format!(
+        "registry:\n  agent_sandbox_agents:\n    - id: py\n      namespace: {}\n      template: {TEMPLATE}\n",
+        setup.cluster.namespace()
+    );
+    let registry = Registry::from_yaml(&yaml).unwrap();
+    let error = AgentSandboxAgent::from_config(setup.cluster.client(), registry.get("py").unwrap())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("warm_pool"), "{error}");
+}
+
+#[tokio::test]
+async fn claims_made_by_the_backend_are_found_by_the_sweeper() {
+    let setup = setup(Behaviour::Count, 0).await;
+    let agent = backend(&setup).await;
+    run(&agent, "live", "e1").await.unwrap();
+    run(&agent, "gone", "e1").await.unwrap();
+    let claims = Claims::new(setup.cluster.client(), options(&setup.cluster).claims);
+    let report = claims.sweep(|conversation| conversation == "live").await.unwrap();
+    assert_eq!(report.deleted.len(), 1);
+    assert_eq!(claims_left(&setup), 1);
+}
