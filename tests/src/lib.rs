@@ -156,6 +156,15 @@ impl LocalAgentRuntime {
                 .args(&self.args)
                 .stderr(Stdio::null())
                 .env("RUST_LOG", "warn");
+            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+            // An agent must not outlive the test or demo that started it, even
+            // when that process is killed before it can clean up.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
             let agent = match LocalAgent::from_command(command).await {
                 Ok(agent) => agent,
                 Err(error) => {

@@ -92,3 +92,96 @@ mod tests {
         assert_eq!(planner_view(&outputs), "a\nb\nc");
     }
 }
+
+/// A protobuf `Struct` (as in tool calls and results) as JSON.
+pub fn struct_to_json(value: &prost_types::Struct) -> serde_json::Value {
+    serde_json::Value::Object(
+        value
+            .fields
+            .iter()
+            .map(|(key, value)| (key.clone(), value_to_json(value)))
+            .collect(),
+    )
+}
+
+fn value_to_json(value: &prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+        Some(Kind::ListValue(list)) => {
+            serde_json::Value::Array(list.values.iter().map(value_to_json).collect())
+        }
+        Some(Kind::StructValue(inner)) => struct_to_json(inner),
+    }
+}
+
+/// The structured result of a tool-result message, as JSON.
+pub fn tool_result_json(message: &Message) -> Option<serde_json::Value> {
+    use crate::pb::{function_result_content, tool_result_content};
+    let content::Type::ToolResult(result) = message.content.as_ref()?.r#type.as_ref()? else {
+        return None;
+    };
+    let tool_result_content::Type::FunctionResult(function) = result.r#type.as_ref()?;
+    let function_result_content::Result::Response(response) = function.result.as_ref()?;
+    Some(struct_to_json(response))
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+    use crate::pb::{
+        FunctionResultContent, ToolResultContent, function_result_content, tool_result_content,
+    };
+
+    #[test]
+    fn a_tool_result_struct_reads_back_as_json() {
+        let response = prost_types::Struct {
+            fields: [
+                (
+                    "ok".to_owned(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::BoolValue(true)),
+                    },
+                ),
+                (
+                    "value".to_owned(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue("42".into())),
+                    },
+                ),
+                (
+                    "n".to_owned(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::NumberValue(1.5)),
+                    },
+                ),
+            ]
+            .into(),
+        };
+        let message = Message {
+            role: ROLE_MODEL.into(),
+            content: Some(Content {
+                r#type: Some(content::Type::ToolResult(ToolResultContent {
+                    call_id: "c".into(),
+                    signature: Vec::new(),
+                    r#type: Some(tool_result_content::Type::FunctionResult(
+                        FunctionResultContent {
+                            name: "python".into(),
+                            result: Some(function_result_content::Result::Response(response)),
+                        },
+                    )),
+                })),
+            }),
+            internal_only: false,
+        };
+        assert_eq!(
+            tool_result_json(&message).unwrap(),
+            serde_json::json!({"ok": true, "value": "42", "n": 1.5})
+        );
+        assert_eq!(tool_result_json(&model_text("x")), None);
+    }
+}

@@ -21,7 +21,10 @@ use axp_transport::{
 use futures::future::BoxFuture;
 use sandbox_claim::{
     ClaimOptions, Claims, RetryPolicy,
-    testing::{FakeCluster, FakeClusterOptions, PodRequest, PodRuntime, PodRuntimeError, PodStarted, ReadyMode, Verb},
+    testing::{
+        FakeCluster, FakeClusterOptions, PodRequest, PodRuntime, PodRuntimeError, PodStarted,
+        ReadyMode, Verb,
+    },
 };
 use tokio::sync::oneshot;
 use tonic::Code;
@@ -57,7 +60,9 @@ impl Agent for PodAgent {
             .metadata
             .iter()
             .filter_map(|entry| match entry {
-                tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some((k.to_string(), v.to_str().ok()?.to_owned())),
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.to_string(), v.to_str().ok()?.to_owned()))
+                }
                 tonic::metadata::KeyAndValueRef::Binary(..) => None,
             })
             .collect();
@@ -70,7 +75,9 @@ impl Agent for PodAgent {
         };
         let text = format!("turn {turn} at {}", self.address.ip());
         match self.behaviour {
-            Behaviour::Count => Ok(Box::pin(futures::stream::iter([Ok(vec![content::model_text(text)])]))),
+            Behaviour::Count => Ok(Box::pin(futures::stream::iter([Ok(vec![
+                content::model_text(text),
+            ])]))),
             Behaviour::Slow(pause) => Ok(Box::pin(async_stream::stream! {
                 tokio::time::sleep(pause).await;
                 yield Ok(vec![content::model_text(text)]);
@@ -79,7 +86,9 @@ impl Agent for PodAgent {
                 Ok(vec![content::model_text(text)]),
                 Err(AgentError::Unavailable("worker crashed mid-way".into())),
             ]))),
-            Behaviour::Refuse => Err(AgentError::PermissionDenied("pinned to another conversation".into())),
+            Behaviour::Refuse => Err(AgentError::PermissionDenied(
+                "pinned to another conversation".into(),
+            )),
         }
     }
 }
@@ -133,17 +142,23 @@ impl ServingRuntime {
                 executions: self.executions.clone(),
                 metadata: self.metadata.clone(),
             };
-            let server = AgentServer::new(agent, ServerOptions {
-                grace_period: Duration::from_millis(100),
-                ..ServerOptions::default()
-            });
+            let server = AgentServer::new(
+                agent,
+                ServerOptions {
+                    grace_period: Duration::from_millis(100),
+                    ..ServerOptions::default()
+                },
+            );
             server.health().set_serving().await;
             let (stop, stopped) = oneshot::channel::<()>();
             tokio::spawn(server.serve(listener, async move {
                 let _ = stopped.await;
             }));
             self.started.fetch_add(1, Ordering::SeqCst);
-            self.pods.lock().unwrap().insert(request.pod_name.clone(), (ip, stop));
+            self.pods
+                .lock()
+                .unwrap()
+                .insert(request.pod_name.clone(), (ip, stop));
             return Ok(PodStarted {
                 ip,
                 pod_name: request.pod_name.clone(),
@@ -156,7 +171,10 @@ impl ServingRuntime {
 }
 
 impl PodRuntime for ServingRuntime {
-    fn start<'a>(&'a self, request: &'a PodRequest) -> BoxFuture<'a, Result<PodStarted, PodRuntimeError>> {
+    fn start<'a>(
+        &'a self,
+        request: &'a PodRequest,
+    ) -> BoxFuture<'a, Result<PodStarted, PodRuntimeError>> {
         Box::pin(self.serve(request))
     }
 
@@ -177,11 +195,18 @@ async fn setup(behaviour: Behaviour, replicas: i32) -> Setup {
 
 async fn setup_with(behaviour: Behaviour, replicas: i32, options: FakeClusterOptions) -> Setup {
     let runtime = ServingRuntime::new(behaviour);
-    let cluster = FakeCluster::start(options.runtime(runtime.clone()).ready_mode(ReadyMode::After(Duration::from_millis(30))))
+    let cluster = FakeCluster::start(
+        options
+            .runtime(runtime.clone())
+            .ready_mode(ReadyMode::After(Duration::from_millis(30))),
+    )
+    .await
+    .unwrap();
+    cluster.create_template(TEMPLATE, None).await.unwrap();
+    cluster
+        .create_warm_pool(POOL, TEMPLATE, replicas)
         .await
         .unwrap();
-    cluster.create_template(TEMPLATE, None).await.unwrap();
-    cluster.create_warm_pool(POOL, TEMPLATE, replicas).await.unwrap();
     Setup { cluster, runtime }
 }
 
@@ -200,7 +225,9 @@ fn options(cluster: &FakeCluster) -> SandboxAgentOptions {
 }
 
 async fn backend(setup: &Setup) -> AgentSandboxAgent {
-    AgentSandboxAgent::new(setup.cluster.client(), options(&setup.cluster)).await.unwrap()
+    AgentSandboxAgent::new(setup.cluster.client(), options(&setup.cluster))
+        .await
+        .unwrap()
 }
 
 fn start() -> AgentStart {
@@ -211,7 +238,11 @@ fn start() -> AgentStart {
 }
 
 /// Runs one execution and returns the planner's view of its outputs.
-async fn run(agent: &AgentSandboxAgent, conversation: &str, exec: &str) -> Result<String, SandboxAgentError> {
+async fn run(
+    agent: &AgentSandboxAgent,
+    conversation: &str,
+    exec: &str,
+) -> Result<String, SandboxAgentError> {
     let mut seen = Vec::new();
     agent
         .connect(conversation, exec, start(), |batch| seen.extend(batch))
@@ -223,7 +254,11 @@ fn claims_left(setup: &Setup) -> usize {
     setup
         .cluster
         .server()
-        .objects("extensions.agents.x-k8s.io", "sandboxclaims", Some(setup.cluster.namespace()))
+        .objects(
+            "extensions.agents.x-k8s.io",
+            "sandboxclaims",
+            Some(setup.cluster.namespace()),
+        )
         .len()
 }
 
@@ -240,15 +275,36 @@ async fn a_conversation_keeps_its_sandbox_and_its_state_across_executions() {
 
     let mut second_report = None;
     let mut seen = Vec::new();
-    second_report.replace(agent.connect("conv-a", "e2", start(), |b| seen.extend(b)).await.unwrap());
+    second_report.replace(
+        agent
+            .connect("conv-a", "e2", start(), |b| seen.extend(b))
+            .await
+            .unwrap(),
+    );
     let second = content::planner_view(&seen);
     let address = first.trim_start_matches("turn 1 at ");
-    assert_eq!(second, format!("turn 2 at {address}"), "same sandbox, state kept");
+    assert_eq!(
+        second,
+        format!("turn 2 at {address}"),
+        "same sandbox, state kept"
+    );
     let report = second_report.unwrap();
-    assert_eq!(report.claim_to_ready, Duration::ZERO, "no claim or wait on the second turn");
+    assert_eq!(
+        report.claim_to_ready,
+        Duration::ZERO,
+        "no claim or wait on the second turn"
+    );
     assert!(report.ended && report.frames == 1 && !report.re_resolved);
-    assert_eq!(server.requests().count(Verb::Create, "sandboxclaims"), creates, "no new claim");
-    assert_eq!(server.requests().count(Verb::Watch, "sandboxclaims"), watches, "no new wait");
+    assert_eq!(
+        server.requests().count(Verb::Create, "sandboxclaims"),
+        creates,
+        "no new claim"
+    );
+    assert_eq!(
+        server.requests().count(Verb::Watch, "sandboxclaims"),
+        watches,
+        "no new wait"
+    );
     assert_eq!(claims_left(&setup), 1);
 }
 
@@ -284,7 +340,11 @@ async fn release_and_close_leave_no_claims_and_no_pods() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(setup.runtime.running(), 0, "the controller stopped every pod");
+    assert_eq!(
+        setup.runtime.running(),
+        0,
+        "the controller stopped every pod"
+    );
 }
 
 #[tokio::test]
@@ -294,10 +354,23 @@ async fn the_per_execution_policy_releases_after_each_execution() {
         release: ReleasePolicy::PerExecution,
         ..options(&setup.cluster)
     };
-    let agent = AgentSandboxAgent::new(setup.cluster.client(), options).await.unwrap();
-    assert!(run(&agent, "conv", "e1").await.unwrap().starts_with("turn 1"));
+    let agent = AgentSandboxAgent::new(setup.cluster.client(), options)
+        .await
+        .unwrap();
+    assert!(
+        run(&agent, "conv", "e1")
+            .await
+            .unwrap()
+            .starts_with("turn 1")
+    );
     assert_eq!(claims_left(&setup), 0);
-    assert!(run(&agent, "conv", "e2").await.unwrap().starts_with("turn 1"), "a fresh sandbox each time");
+    assert!(
+        run(&agent, "conv", "e2")
+            .await
+            .unwrap()
+            .starts_with("turn 1"),
+        "a fresh sandbox each time"
+    );
     assert_eq!(setup.runtime.started.load(Ordering::SeqCst), 2);
 }
 
@@ -310,7 +383,10 @@ async fn a_restarted_controller_adopts_the_live_claim_instead_of_creating_a_new_
 
     let restarted = backend(&setup).await;
     let again = run(&restarted, "conv", "e2").await.unwrap();
-    assert!(again.starts_with("turn 2"), "same sandbox, state intact: {again}");
+    assert!(
+        again.starts_with("turn 2"),
+        "same sandbox, state intact: {again}"
+    );
     assert_eq!(setup.runtime.started.load(Ordering::SeqCst), 1);
     assert_eq!(claims_left(&setup), 1);
 }
@@ -327,7 +403,10 @@ async fn a_warm_pool_serves_the_claim_from_a_ready_member() {
     }
     let agent = backend(&setup).await;
     let mut seen = Vec::new();
-    let report = agent.connect("conv", "e1", start(), |b| seen.extend(b)).await.unwrap();
+    let report = agent
+        .connect("conv", "e1", start(), |b| seen.extend(b))
+        .await
+        .unwrap();
     assert!(
         report.sandbox.sandbox_name.starts_with(&format!("{POOL}-")),
         "adopted from the pool: {}",
@@ -341,16 +420,29 @@ async fn a_crashed_pod_is_re_resolved_once_and_the_execution_retried() {
     let setup = setup(Behaviour::Count, 0).await;
     let agent = backend(&setup).await;
     let mut seen = Vec::new();
-    let first = agent.connect("conv", "e1", start(), |b| seen.extend(b)).await.unwrap();
+    let first = agent
+        .connect("conv", "e1", start(), |b| seen.extend(b))
+        .await
+        .unwrap();
 
     // The pod dies and the controller brings up a replacement with a new IP.
-    //REPLACE setup.cluster.replace_pod(&first.sandbox.sandbox_name).await.unwrap();
+    setup
+        .cluster
+        .replace_pod(&first.sandbox.sandbox_name)
+        .await
+        .unwrap();
 
     let mut seen = Vec::new();
-    let second = agent.connect("conv", "e2", start(), |b| seen.extend(b)).await.unwrap();
+    let second = agent
+        .connect("conv", "e2", start(), |b| seen.extend(b))
+        .await
+        .unwrap();
     assert!(second.re_resolved, "the stale endpoint must be re-resolved");
     assert_ne!(second.sandbox.pod_ip, first.sandbox.pod_ip);
-    assert!(content::planner_view(&seen).starts_with("turn 1"), "a new pod has no state");
+    assert!(
+        content::planner_view(&seen).starts_with("turn 1"),
+        "a new pod has no state"
+    );
 }
 
 #[tokio::test]
@@ -358,7 +450,10 @@ async fn a_failure_after_output_started_is_reported_and_never_retried() {
     let setup = setup(Behaviour::FailAfterOutput, 0).await;
     let agent = backend(&setup).await;
     let mut seen = Vec::new();
-    let error = agent.connect("conv", "e1", start(), |b| seen.extend(b)).await.unwrap_err();
+    let error = agent
+        .connect("conv", "e1", start(), |b| seen.extend(b))
+        .await
+        .unwrap_err();
     assert_eq!(seen.len(), 1, "the output before the failure was delivered");
     match &error {
         SandboxAgentError::Stream { outputs, claim, .. } => {
@@ -368,7 +463,11 @@ async fn a_failure_after_output_started_is_reported_and_never_retried() {
         other => panic!("expected a stream error, got {other:?}"),
     }
     assert_eq!(error.agent_code(), Some(Code::Unavailable));
-    assert_eq!(setup.runtime.executions.load(Ordering::SeqCst), 1, "no retry: side effects must not repeat");
+    assert_eq!(
+        setup.runtime.executions.load(Ordering::SeqCst),
+        1,
+        "no retry: side effects must not repeat"
+    );
 }
 
 #[tokio::test]
@@ -378,21 +477,30 @@ async fn an_agents_refusal_is_final_and_names_the_claim_and_endpoint() {
     let error = run(&agent, "conv", "e1").await.unwrap_err();
     assert_eq!(error.agent_code(), Some(Code::PermissionDenied));
     let message = error.to_string();
-    assert!(message.contains("conv-") && message.contains(":8494"), "{message}");
+    assert!(
+        message.contains("conv-") && message.contains(":8494"),
+        "{message}"
+    );
     assert_eq!(setup.runtime.executions.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
 async fn a_sandbox_that_never_becomes_ready_is_a_wait_error_with_the_last_reason() {
     let runtime = ServingRuntime::new(Behaviour::Count);
-    let cluster = FakeCluster::start(FakeClusterOptions::default().runtime(runtime).ready_mode(ReadyMode::Manual))
-        .await
-        .unwrap();
+    let cluster = FakeCluster::start(
+        FakeClusterOptions::default()
+            .runtime(runtime)
+            .ready_mode(ReadyMode::Manual),
+    )
+    .await
+    .unwrap();
     cluster.create_template(TEMPLATE, None).await.unwrap();
     cluster.create_warm_pool(POOL, TEMPLATE, 0).await.unwrap();
     let mut options = options(&cluster);
     options.claims = options.claims.ready_timeout(Duration::from_millis(500));
-    let agent = AgentSandboxAgent::new(cluster.client(), options).await.unwrap();
+    let agent = AgentSandboxAgent::new(cluster.client(), options)
+        .await
+        .unwrap();
     let error = run(&agent, "conv", "e1").await.unwrap_err();
     assert!(matches!(error, SandboxAgentError::Wait { .. }), "{error:?}");
     let chain = format!("{:?}", anyhow_chain(&error));
@@ -415,12 +523,30 @@ async fn a_long_execution_renews_the_claims_lifetime() {
     let setup = setup(Behaviour::Slow(Duration::from_millis(2500)), 0).await;
     let mut options = options(&setup.cluster);
     options.claims = options.claims.ttl(Duration::from_secs(3));
-    let agent = AgentSandboxAgent::new(setup.cluster.client(), options).await.unwrap();
-    let patches_before = setup.cluster.server().requests().count(Verb::Patch, "sandboxclaims");
+    let agent = AgentSandboxAgent::new(setup.cluster.client(), options)
+        .await
+        .unwrap();
+    let patches_before = setup
+        .cluster
+        .server()
+        .requests()
+        .count(Verb::Patch, "sandboxclaims");
     run(&agent, "conv", "e1").await.unwrap();
-    let patches = setup.cluster.server().requests().count(Verb::Patch, "sandboxclaims") - patches_before;
-    assert!(patches >= 1, "the claim was renewed during the execution ({patches} patches)");
-    assert_eq!(claims_left(&setup), 1, "the claim outlived its original TTL");
+    let patches = setup
+        .cluster
+        .server()
+        .requests()
+        .count(Verb::Patch, "sandboxclaims")
+        - patches_before;
+    assert!(
+        patches >= 1,
+        "the claim was renewed during the execution ({patches} patches)"
+    );
+    assert_eq!(
+        claims_left(&setup),
+        1,
+        "the claim outlived its original TTL"
+    );
 }
 
 #[tokio::test]
@@ -443,14 +569,22 @@ async fn router_mode_sends_the_sandbox_headers_to_the_router() {
         },
         ..options(&setup.cluster)
     };
-    let agent = AgentSandboxAgent::new(setup.cluster.client(), options).await.unwrap();
+    let agent = AgentSandboxAgent::new(setup.cluster.client(), options)
+        .await
+        .unwrap();
     let mut seen = Vec::new();
-    let report = agent.connect("conv", "e1", start(), |b| seen.extend(b)).await.unwrap();
+    let report = agent
+        .connect("conv", "e1", start(), |b| seen.extend(b))
+        .await
+        .unwrap();
     let headers = router.metadata.lock().unwrap()[0].clone();
     assert_eq!(headers["x-sandbox-id"], report.sandbox.sandbox_name);
     assert_eq!(headers["x-sandbox-namespace"], setup.cluster.namespace());
     assert_eq!(headers["x-sandbox-port"], "8494");
-    assert_eq!(headers["x-sandbox-pod-ip"], report.sandbox.pod_ip.to_string());
+    assert_eq!(
+        headers["x-sandbox-pod-ip"],
+        report.sandbox.pod_ip.to_string()
+    );
     assert_eq!(headers["execution-id"], "e1");
 }
 
@@ -464,11 +598,17 @@ async fn a_registry_entry_builds_a_backend_for_v1beta1_and_v1alpha1_clusters() {
     for options in [FakeClusterOptions::default(), FakeClusterOptions::v0_4_6()] {
         let setup = setup_with(Behaviour::Count, 0, options).await;
         let registry = Registry::from_yaml(&yaml(setup.cluster.namespace())).unwrap();
-        let agent = AgentSandboxAgent::from_config(setup.cluster.client(), registry.get("py").unwrap())
-            .await
-            .unwrap();
+        let agent =
+            AgentSandboxAgent::from_config(setup.cluster.client(), registry.get("py").unwrap())
+                .await
+                .unwrap();
         assert_eq!(agent.claims().api_version(), setup.cluster.api_version());
-        assert!(run(&agent, "conv", "e1").await.unwrap().starts_with("turn 1"));
+        assert!(
+            run(&agent, "conv", "e1")
+                .await
+                .unwrap()
+                .starts_with("turn 1")
+        );
         agent.close().await.unwrap();
         assert_eq!(claims_left(&setup), 0);
     }
@@ -495,7 +635,10 @@ async fn claims_made_by_the_backend_are_found_by_the_sweeper() {
     run(&agent, "live", "e1").await.unwrap();
     run(&agent, "gone", "e1").await.unwrap();
     let claims = Claims::new(setup.cluster.client(), options(&setup.cluster).claims);
-    let report = claims.sweep(|conversation| conversation == "live").await.unwrap();
+    let report = claims
+        .sweep(|conversation| conversation == "live")
+        .await
+        .unwrap();
     assert_eq!(report.deleted.len(), 1);
     assert_eq!(claims_left(&setup), 1);
 }

@@ -865,3 +865,404 @@ async fn writes_are_validated_against_the_upstream_crds() {
     .unwrap();
     old_claims.acquire("valid").await.unwrap();
 }
+
+// ---- Pod loss between two executions (node failure / eviction) ----
+
+/// What a [`RecordingRuntime`] saw, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PodEvent {
+    Started {
+        pod: String,
+        ip: std::net::IpAddr,
+    },
+    /// `ip` is the address of the pod that was running under that name (`None`: none was).
+    Stopped {
+        pod: String,
+        ip: Option<std::net::IpAddr>,
+    },
+}
+
+/// Hands out loopback addresses like `LoopbackRuntime`, records every start and stop, and
+/// can hold starts until the test lets them through.
+#[derive(Debug)]
+struct RecordingRuntime {
+    ips: sandbox_claim::testing::LoopbackRuntime,
+    live: std::sync::Mutex<std::collections::HashMap<String, std::net::IpAddr>>,
+    events: std::sync::Mutex<Vec<PodEvent>>,
+    /// While true, a start announces itself on `entered` and waits for a `release` permit.
+    hold: std::sync::atomic::AtomicBool,
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Semaphore,
+}
+
+impl RecordingRuntime {
+    fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            ips: sandbox_claim::testing::LoopbackRuntime::new(),
+            live: Default::default(),
+            events: Default::default(),
+            hold: Default::default(),
+            entered: tokio::sync::Notify::new(),
+            release: tokio::sync::Semaphore::new(0),
+        })
+    }
+
+    fn events(&self) -> Vec<PodEvent> {
+        self.events.lock().unwrap().clone()
+    }
+
+    fn live(&self) -> std::collections::HashMap<String, std::net::IpAddr> {
+        self.live.lock().unwrap().clone()
+    }
+}
+
+impl sandbox_claim::testing::PodRuntime for RecordingRuntime {
+    fn start<'a>(
+        &'a self,
+        request: &'a sandbox_claim::testing::PodRequest,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<sandbox_claim::testing::PodStarted, sandbox_claim::testing::PodRuntimeError>,
+    > {
+        Box::pin(async move {
+            if self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+                self.entered.notify_one();
+                self.release.acquire().await.unwrap().forget();
+            }
+            let started = self.ips.start(request).await?;
+            self.live
+                .lock()
+                .unwrap()
+                .insert(started.pod_name.clone(), started.ip);
+            self.events.lock().unwrap().push(PodEvent::Started {
+                pod: started.pod_name.clone(),
+                ip: started.ip,
+            });
+            Ok(started)
+        })
+    }
+
+    fn stop<'a>(
+        &'a self,
+        _namespace: &'a str,
+        pod_name: &'a str,
+    ) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let ip = self.live.lock().unwrap().remove(pod_name);
+            self.events.lock().unwrap().push(PodEvent::Stopped {
+                pod: pod_name.to_owned(),
+                ip,
+            });
+        })
+    }
+}
+
+async fn recording_cluster() -> (FakeCluster, std::sync::Arc<RecordingRuntime>) {
+    let runtime = RecordingRuntime::new();
+    let cluster = cluster_with(
+        FakeClusterOptions::default().runtime(runtime.clone()),
+        Some(0),
+    )
+    .await;
+    (cluster, runtime)
+}
+
+/// `(status, reason, podIPs)` of a claim's `Ready` condition and `status.sandbox.podIPs`.
+fn ready_of(claim: &v1beta1::SandboxClaim) -> Option<(String, String, Vec<String>)> {
+    let status = claim.status.as_ref()?;
+    let ready = status.ready()?;
+    let ips = status
+        .sandbox
+        .as_ref()
+        .map(|s| s.pod_ips.clone())
+        .unwrap_or_default();
+    Some((ready.status.clone(), ready.reason.clone(), ips))
+}
+
+#[tokio::test]
+async fn a_replaced_pod_comes_back_under_the_same_claim_and_sandbox_with_a_new_ip() {
+    let (cluster, runtime) = recording_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    let a = claims.acquire("node-failure").await.unwrap();
+
+    let new = cluster.replace_pod(&a.sandbox_name).await.unwrap();
+    assert_ne!(new.ip, a.pod_ip);
+    assert_eq!(
+        new.pod_name, a.pod_name,
+        "the pod is named after the sandbox"
+    );
+
+    let b = claims.resolve("node-failure").await.unwrap();
+    assert_eq!(b.claim_name, a.claim_name);
+    assert_eq!(b.sandbox_name, a.sandbox_name);
+    assert_eq!(b.pod_name, a.pod_name);
+    assert_eq!(b.pod_ip, new.ip);
+
+    assert_eq!(
+        runtime.events(),
+        vec![
+            PodEvent::Started {
+                pod: a.pod_name.clone(),
+                ip: a.pod_ip
+            },
+            PodEvent::Stopped {
+                pod: a.pod_name.clone(),
+                ip: Some(a.pod_ip)
+            },
+            PodEvent::Started {
+                pod: a.pod_name.clone(),
+                ip: new.ip
+            },
+        ]
+    );
+    assert_eq!(cluster.controller().pod(&a.sandbox_name), Some(new.clone()));
+    let sandbox = sandbox_api(&cluster).get(&a.sandbox_name).await.unwrap();
+    assert_eq!(sandbox.status.unwrap().pod_ips, vec![new.ip.to_string()]);
+}
+
+#[tokio::test]
+async fn the_claim_reports_not_ready_without_pod_ips_while_its_pod_is_replaced() {
+    let (cluster, _runtime) = recording_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    let a = claims.acquire("gap").await.unwrap();
+    let api = claim_api(&cluster);
+    let before = api
+        .get(&a.claim_name)
+        .await
+        .unwrap()
+        .resource_version()
+        .unwrap();
+
+    let new = cluster.replace_pod(&a.sandbox_name).await.unwrap();
+
+    // Every write since `before` is replayed from the server's watch history, in order.
+    let wp = kube::api::WatchParams::default().fields(&format!("metadata.name={}", a.claim_name));
+    let mut stream = std::pin::pin!(api.watch(&wp, &before).await.unwrap());
+    let mut seen = Vec::new();
+    let want_last = (
+        "True".to_owned(),
+        "DependenciesReady".to_owned(),
+        vec![new.ip.to_string()],
+    );
+    while seen.last() != Some(&want_last) {
+        let event = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures::StreamExt::next(&mut stream),
+        )
+        .await
+        .expect("the Ready write with the new IP is in the history")
+        .expect("the watch stays open")
+        .unwrap();
+        if let kube::api::WatchEvent::Modified(claim) = event
+            && let Some(r) = ready_of(&claim)
+        {
+            seen.push(r);
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "False".to_owned(),
+                "DependenciesNotReady".to_owned(),
+                vec![]
+            ),
+            want_last,
+        ],
+        "Ready=False with no pod IPs, then Ready=True with the new IP"
+    );
+    let sb = sandbox_api(&cluster).get(&a.sandbox_name).await.unwrap();
+    let ready = sb.status.unwrap().conditions;
+    assert!(
+        ready
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+}
+
+#[tokio::test]
+async fn resolve_during_a_pod_replacement_waits_for_the_new_pod() {
+    let (cluster, runtime) = recording_cluster().await;
+    let cluster = std::sync::Arc::new(cluster);
+    let claims = claims(&cluster, options()).await;
+    let a = claims.acquire("slow-restart").await.unwrap();
+
+    runtime
+        .hold
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let replacing = tokio::spawn({
+        let cluster = cluster.clone();
+        let sandbox = a.sandbox_name.clone();
+        async move { cluster.replace_pod(&sandbox).await }
+    });
+    // The new pod is being started: the old one is gone and the gap is visible.
+    runtime.entered.notified().await;
+    let claim = claim_api(&cluster).get(&a.claim_name).await.unwrap();
+    assert_eq!(
+        ready_of(&claim),
+        Some(("False".into(), "DependenciesNotReady".into(), vec![]))
+    );
+    let sandbox = sandbox_api(&cluster)
+        .get(&a.sandbox_name)
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert!(sandbox.pod_ips.is_empty());
+    assert!(
+        sandbox
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False")
+    );
+    assert!(runtime.live().is_empty(), "the old pod was stopped");
+
+    // resolve now can only end with the pod that has not been started yet.
+    let resolving = tokio::spawn({
+        let claims = claims.clone();
+        async move { claims.resolve("slow-restart").await }
+    });
+    runtime.release.add_permits(1);
+    let new = replacing.await.unwrap().unwrap();
+    let b = resolving.await.unwrap().unwrap();
+    assert_eq!(b.pod_ip, new.ip);
+    assert_ne!(b.pod_ip, a.pod_ip);
+    assert_eq!(b.sandbox_name, a.sandbox_name);
+}
+
+#[tokio::test]
+async fn a_release_after_a_pod_replacement_stops_the_new_pod() {
+    let (cluster, runtime) = recording_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    let a = claims.acquire("release-after").await.unwrap();
+    let new = cluster.replace_pod(&a.sandbox_name).await.unwrap();
+    claims.release("release-after").await.unwrap();
+    let stopped_new = PodEvent::Stopped {
+        pod: new.pod_name.clone(),
+        ip: Some(new.ip),
+    };
+    eventually("the new pod is stopped", || async {
+        runtime.events().contains(&stopped_new)
+    })
+    .await;
+    assert!(runtime.live().is_empty(), "{:?}", runtime.live());
+    assert_eq!(cluster.controller().pod(&a.sandbox_name), None);
+    eventually("the sandbox is gone", || async {
+        sandbox_api(&cluster)
+            .get_opt(&a.sandbox_name)
+            .await
+            .unwrap()
+            .is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_expiring_claim_stops_the_replaced_pod() {
+    let (cluster, runtime) = recording_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    let a = claims.acquire("expire-after").await.unwrap();
+    let new = cluster.replace_pod(&a.sandbox_name).await.unwrap();
+    claim_api(&cluster)
+        .patch(
+            &a.claim_name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"lifecycle": {"shutdownTime": "2000-01-01T00:00:00Z"}}})),
+        )
+        .await
+        .unwrap();
+    let stopped_new = PodEvent::Stopped {
+        pod: new.pod_name.clone(),
+        ip: Some(new.ip),
+    };
+    eventually("the new pod is stopped", || async {
+        runtime.events().contains(&stopped_new)
+    })
+    .await;
+    assert!(runtime.live().is_empty(), "{:?}", runtime.live());
+    assert!(
+        claim_api(&cluster)
+            .get_opt(&a.claim_name)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_replaced_warm_pool_member_stays_in_the_pool_and_is_adopted_with_its_new_ip() {
+    let runtime = RecordingRuntime::new();
+    let cluster = cluster_with(
+        FakeClusterOptions::default().runtime(runtime.clone()),
+        Some(1),
+    )
+    .await;
+    let sandboxes = sandbox_api(&cluster);
+    let ready_member = || async {
+        sandboxes
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|s| s.status.as_ref().is_some_and(|st| !st.pod_ips.is_empty()))
+            .map(|s| s.name_any())
+    };
+    eventually("a ready pool member", || async {
+        ready_member().await.is_some()
+    })
+    .await;
+    let member = ready_member().await.unwrap();
+    let new = cluster.replace_pod(&member).await.unwrap();
+    let again = sandboxes.get(&member).await.unwrap();
+    assert!(again.labels().contains_key(labels::WARM_POOL_SANDBOX));
+    assert_eq!(again.owner_references()[0].kind, "SandboxWarmPool");
+
+    let claims = claims(&cluster, options()).await;
+    let h = claims.acquire("warm-after-replace").await.unwrap();
+    assert_eq!(h.sandbox_name, member);
+    assert_eq!(h.pod_ip, new.ip);
+    claims.release(&h).await.unwrap();
+    let stopped_new = PodEvent::Stopped {
+        pod: member.clone(),
+        ip: Some(new.ip),
+    };
+    eventually("the new pod is stopped", || async {
+        runtime.events().contains(&stopped_new)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn replacing_a_pod_that_is_missing_or_not_yet_started_is_an_error() {
+    let cluster = cluster_with(
+        FakeClusterOptions::default().ready_mode(ReadyMode::Manual),
+        Some(0),
+    )
+    .await;
+    let err = cluster.replace_pod("nobody").await.unwrap_err();
+    assert!(
+        matches!(&err, sandbox_claim::testing::ReplaceError::SandboxNotFound { sandbox } if sandbox == "nobody"),
+        "{err:?}"
+    );
+
+    // A cold sandbox whose pod is not up yet has nothing to lose.
+    let claims = claims(&cluster, options()).await;
+    let acquiring = tokio::spawn({
+        let claims = claims.clone();
+        async move { claims.acquire("starting").await }
+    });
+    let name = claims.claim_name("starting").unwrap();
+    let sandboxes = sandbox_api(&cluster);
+    eventually("the sandbox exists", || async {
+        sandboxes.get_opt(&name).await.unwrap().is_some()
+    })
+    .await;
+    let err = cluster.replace_pod(&name).await.unwrap_err();
+    assert!(
+        matches!(&err, sandbox_claim::testing::ReplaceError::NoPod { .. }),
+        "{err:?}"
+    );
+    cluster.controller().make_ready(1);
+    acquiring.await.unwrap().unwrap();
+}

@@ -169,7 +169,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn print_message(message: &Message) {
     match message.content.as_ref().and_then(|c| c.r#type.as_ref()) {
         Some(Type::Text(text)) => println!("{}", text.text),
-        Some(Type::ToolResult(result)) => eprintln!("[tool result] {result:?}"),
+        Some(Type::ToolResult(_)) => match content::tool_result_json(message) {
+            Some(json) => eprintln!("[tool result] {json}"),
+            None => eprintln!("[tool result] <empty>"),
+        },
         Some(other) => eprintln!("[{}] {other:?}", message.role),
         None => eprintln!("[{}] <empty message>", message.role),
     }

@@ -5,11 +5,12 @@
 //! `replicas` ready members owned by the pool; a claim adopts a ready one, moving the
 //! ownerReference and stripping the pool label; the pool replenishes), `Ready` forwarding
 //! with pod IPs, `WarmPoolNotFound` / `TemplateNotFound`, forced failure reasons, claim
-//! lifecycle expiry (`Delete`, `DeleteForeground`, `Retain`), pod stop on claim delete.
+//! lifecycle expiry (`Delete`, `DeleteForeground`, `Retain`), pod stop on claim delete,
+//! pod loss and recreation ([`SimulatedController::replace_pod`]: node failure, eviction).
 //! Not implemented: env / volume claim template merging, additionalPodMetadata validation,
 //! Services, suspend/resume, sandbox-level lifecycle.
 
-use super::runtime::{PodRequest, PodRuntime};
+use super::runtime::{PodRequest, PodRuntime, PodRuntimeError, PodStarted};
 use crate::api_version::{ApiVersion, EXTENSIONS_GROUP, SANDBOX_GROUP};
 use crate::labels;
 use futures::StreamExt;
@@ -62,7 +63,12 @@ struct Shared {
     forced: Mutex<VecDeque<ForcedReason>>,
     /// Claim uid → what we did for it.
     claims: Mutex<HashMap<String, ClaimState>>,
+    /// Sandbox name → its current pod (as the runtime reported it), so a stop always
+    /// reaches the pod that runs now, also after [`SimulatedController::replace_pod`].
+    pods: Mutex<HashMap<String, PodStarted>>,
     pool_lock: tokio::sync::Mutex<()>,
+    /// Serializes pod replacements.
+    replace_lock: tokio::sync::Mutex<()>,
     counter: std::sync::atomic::AtomicU64,
 }
 
@@ -163,7 +169,9 @@ impl SimulatedController {
             permits: Arc::new(Semaphore::new(0)),
             forced: Mutex::new(VecDeque::new()),
             claims: Mutex::new(HashMap::new()),
+            pods: Mutex::new(HashMap::new()),
             pool_lock: tokio::sync::Mutex::new(()),
+            replace_lock: tokio::sync::Mutex::new(()),
             counter: std::sync::atomic::AtomicU64::new(0),
         });
         let claims_task = tokio::spawn(Arc::clone(&shared).run_claims());
@@ -198,6 +206,106 @@ impl SimulatedController {
     pub fn api_version(&self) -> ApiVersion {
         self.shared.version
     }
+
+    /// The pod the controller believes runs for `sandbox_name` now (`None` before its pod
+    /// started, after it failed to start, and once it was stopped).
+    pub fn pod(&self, sandbox_name: &str) -> Option<PodStarted> {
+        lock(&self.shared.pods).get(sandbox_name).cloned()
+    }
+
+    /// Replaces the pod of `sandbox_name` as a node failure or eviction would (REFERENCE.md
+    /// §2.4: "a deleted Pod is recreated", with the sandbox name and a new IP): stops the
+    /// old pod ([`PodRuntime::stop`]), marks the Sandbox `Ready=False` reason
+    /// `DependenciesNotReady` ("Pod does not exist") with `status.podIPs` cleared and
+    /// forwards that to its claim (`Ready` and `status.sandbox.podIPs` cleared, as the
+    /// upstream claim controller forwards the Sandbox's `Ready`), starts a new pod
+    /// ([`PodRuntime::start`]), and marks both `Ready=True` (`DependenciesReady`) with the
+    /// new IP. Returns the new pod.
+    ///
+    /// Works on claimed sandboxes and on unclaimed warm-pool members (those are not
+    /// adoptable while their pod is replaced). Later claim deletes and expiry stop the new
+    /// pod; pool membership is unchanged.
+    ///
+    /// # Ready mode
+    /// [`ReadyMode`] is **not** honoured: the sandbox is Ready again as soon as the runtime
+    /// reports the new pod started (like warm-pool members), and no [`Self::make_ready`]
+    /// permit is consumed. To hold the not-Ready gap open, use a runtime whose `start`
+    /// waits for the test.
+    ///
+    /// # Errors
+    /// [`ReplaceError::SandboxNotFound`] when there is no such (non-deleting) Sandbox, or it
+    /// disappeared mid-way (a new pod started by then is stopped again);
+    /// [`ReplaceError::NoPod`] when the Sandbox has no pod IPs (its pod is still starting,
+    /// or failed); [`ReplaceError::Get`] / [`ReplaceError::MarkNotReady`] /
+    /// [`ReplaceError::MarkReady`] on API errors; [`ReplaceError::Start`] when the runtime
+    /// fails to start the new pod (the Sandbox and claim then report `PodFailed`, as
+    /// upstream does for a failed pod).
+    ///
+    /// # Caveats
+    /// Replacements are serialized. A claim deleted during the replacement is not an error
+    /// (the new pod is stopped by the delete, or by this call when it finds the Sandbox gone).
+    pub async fn replace_pod(&self, sandbox_name: &str) -> Result<PodStarted, ReplaceError> {
+        self.shared.replace_pod(sandbox_name).await
+    }
+}
+
+/// Why [`SimulatedController::replace_pod`] failed, named after the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceError {
+    /// There is no Sandbox of that name (or it is being deleted, or went away mid-way).
+    #[error("sandbox {sandbox} not found")]
+    SandboxNotFound {
+        /// Sandbox name.
+        sandbox: String,
+    },
+    /// Reading the Sandbox or its claim failed.
+    #[error("failed to read {kind} {name}")]
+    Get {
+        /// `Sandbox` or `SandboxClaim`.
+        kind: &'static str,
+        /// Object name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The Sandbox has no pod to lose: no `status.podIPs` (still starting, or failed).
+    #[error("sandbox {sandbox} has no running pod to replace")]
+    NoPod {
+        /// Sandbox name.
+        sandbox: String,
+    },
+    /// Writing the not-Ready status (no pod IPs) failed.
+    #[error("failed to mark {kind} {name} not ready")]
+    MarkNotReady {
+        /// `Sandbox` or `SandboxClaim`.
+        kind: &'static str,
+        /// Object name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The runtime did not start the new pod.
+    #[error("pod runtime failed to start the new pod of sandbox {sandbox}")]
+    Start {
+        /// Sandbox name.
+        sandbox: String,
+        /// The runtime's error.
+        #[source]
+        source: PodRuntimeError,
+    },
+    /// Writing the Ready status with the new IP failed.
+    #[error("failed to mark {kind} {name} ready")]
+    MarkReady {
+        /// `Sandbox` or `SandboxClaim`.
+        kind: &'static str,
+        /// Object name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -292,8 +400,22 @@ impl Shared {
                 .sandboxes_api()
                 .delete(&sandbox, &DeleteParams::background())
                 .await;
-            self.runtime.stop(&self.namespace, &sandbox).await;
+            self.stop_pod(&sandbox).await;
         }
+    }
+
+    /// Remembers the pod that runs for `sandbox` now.
+    fn record_pod(&self, sandbox: &str, pod: &PodStarted) {
+        lock(&self.pods).insert(sandbox.to_owned(), pod.clone());
+    }
+
+    /// Stops the current pod of `sandbox` (by the name the runtime reported; the sandbox
+    /// name when none is recorded, e.g. while it is still starting) and forgets it.
+    async fn stop_pod(&self, sandbox: &str) {
+        let pod = lock(&self.pods)
+            .remove(sandbox)
+            .map_or_else(|| sandbox.to_owned(), |p| p.pod_name);
+        self.runtime.stop(&self.namespace, &pod).await;
     }
 
     async fn patch_claim_status(&self, name: &str, status: Value) -> Result<(), kube::Error> {
@@ -433,7 +555,7 @@ impl Shared {
                         .sandboxes_api()
                         .delete(&sb, &DeleteParams::background())
                         .await;
-                    self.runtime.stop(&self.namespace, &sb).await;
+                    self.stop_pod(&sb).await;
                 }
                 self.patch_claim_status(&name, json!({ "conditions": [ready], "sandbox": null }))
                     .await
@@ -752,6 +874,9 @@ impl Shared {
             pod_template: sandbox.data["spec"]["podTemplate"].clone(),
         };
         let started = self.runtime.start(&request).await;
+        if let Ok(p) = &started {
+            self.record_pod(&name, p);
+        }
         let mode = *lock(&self.ready_mode);
         match mode {
             ReadyMode::After(d) => tokio::time::sleep(d).await,
@@ -849,10 +974,13 @@ impl Shared {
                 pod_template: sandbox.data["spec"]["podTemplate"].clone(),
             };
             let status = match self.runtime.start(&request).await {
-                Ok(p) => json!({
+                Ok(p) => {
+                    self.record_pod(&name, &p);
+                    json!({
                     "conditions": [condition("Ready", true, "DependenciesReady", "Pod is Ready", sandbox.metadata.generation)],
                     "podIPs": [p.ip.to_string()],
-                }),
+                    })
+                }
                 Err(e) => json!({
                     "conditions": [condition("Ready", false, "PodFailed", &e.message, sandbox.metadata.generation)],
                 }),
@@ -866,5 +994,232 @@ impl Shared {
                 .await?;
         }
         Ok(())
+    }
+
+    /// See [`SimulatedController::replace_pod`].
+    async fn replace_pod(&self, sandbox_name: &str) -> Result<PodStarted, ReplaceError> {
+        let _serial = self.replace_lock.lock().await;
+        // Held while the sandbox may be an unclaimed pool member, so that `adopt` cannot
+        // hand it out between "not Ready" and "Ready again".
+        let mut pool_guard = Some(self.pool_lock.lock().await);
+        let sandbox_gone = || ReplaceError::SandboxNotFound {
+            sandbox: sandbox_name.to_owned(),
+        };
+        let sandboxes = self.sandboxes_api();
+        let sandbox = sandboxes
+            .get_opt(sandbox_name)
+            .await
+            .map_err(|source| ReplaceError::Get {
+                kind: "Sandbox",
+                name: sandbox_name.to_owned(),
+                source,
+            })?
+            .filter(|s| s.metadata.deletion_timestamp.is_none())
+            .ok_or_else(sandbox_gone)?;
+        if sandbox.data["status"]["podIPs"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+        {
+            return Err(ReplaceError::NoPod {
+                sandbox: sandbox_name.to_owned(),
+            });
+        }
+        let owner = sandbox
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .cloned();
+        let warm_pool = owner
+            .as_ref()
+            .filter(|o| o.kind == "SandboxWarmPool")
+            .map(|o| o.name.clone());
+        if warm_pool.is_none() {
+            // A claimed sandbox never goes back to a pool.
+            pool_guard = None;
+        }
+        let claim = match owner.as_ref().filter(|o| o.kind == "SandboxClaim") {
+            Some(o) => self
+                .claims_api()
+                .get_opt(&o.name)
+                .await
+                .map_err(|source| ReplaceError::Get {
+                    kind: "SandboxClaim",
+                    name: o.name.clone(),
+                    source,
+                })?
+                .filter(|c| c.uid().as_deref() == Some(o.uid.as_str())),
+            None => None,
+        };
+        let sandbox_generation = sandbox.metadata.generation.unwrap_or(1);
+        let claim_generation = claim
+            .as_ref()
+            .and_then(|c| c.metadata.generation)
+            .unwrap_or(1);
+
+        // 1. The pod is lost.
+        self.stop_pod(sandbox_name).await;
+
+        // 2. The Sandbox controller notices: Ready=False, no pod IPs; the claim forwards it.
+        let gone = condition(
+            "Ready",
+            false,
+            "DependenciesNotReady",
+            "Pod does not exist",
+            Some(sandbox_generation),
+        );
+        self.write_replace_status(
+            sandbox_name,
+            claim.as_ref(),
+            &gone,
+            json!(null),
+            claim_generation,
+        )
+        .await
+        .map_err(|e| e.into_error(sandbox_name, ReplaceError::mark_not_ready))?;
+
+        // 3. It recreates the pod (same name, new IP).
+        let request = PodRequest {
+            namespace: self.namespace.clone(),
+            sandbox_name: sandbox_name.to_owned(),
+            pod_name: sandbox_name.to_owned(),
+            template: sandbox
+                .annotations()
+                .get(labels::SANDBOX_TEMPLATE_REF)
+                .cloned(),
+            warm_pool,
+            pod_template: sandbox.data["spec"]["podTemplate"].clone(),
+        };
+        let started = match self.runtime.start(&request).await {
+            Ok(p) => p,
+            Err(source) => {
+                let failed = condition(
+                    "Ready",
+                    false,
+                    "PodFailed",
+                    &source.message,
+                    Some(sandbox_generation),
+                );
+                if let Err(e) = self
+                    .write_replace_status(
+                        sandbox_name,
+                        claim.as_ref(),
+                        &failed,
+                        json!(null),
+                        claim_generation,
+                    )
+                    .await
+                {
+                    tracing::warn!(error = ?e, "simulated controller: PodFailed after replace not written");
+                }
+                return Err(ReplaceError::Start {
+                    sandbox: sandbox_name.to_owned(),
+                    source,
+                });
+            }
+        };
+        self.record_pod(sandbox_name, &started);
+
+        // 4. The new pod is Ready.
+        let ready = condition(
+            "Ready",
+            true,
+            "DependenciesReady",
+            "Pod is Ready; Service Exists",
+            Some(sandbox_generation),
+        );
+        let written = self
+            .write_replace_status(
+                sandbox_name,
+                claim.as_ref(),
+                &ready,
+                json!([started.ip.to_string()]),
+                claim_generation,
+            )
+            .await;
+        drop(pool_guard);
+        match written {
+            Ok(()) => Ok(started),
+            Err(StatusWriteError::SandboxGone) => {
+                // Deleted mid-way: nobody else will stop the pod we just started.
+                self.stop_pod(sandbox_name).await;
+                Err(sandbox_gone())
+            }
+            Err(e) => Err(e.into_error(sandbox_name, ReplaceError::mark_ready)),
+        }
+    }
+
+    /// Writes `ready` and `pod_ips` (`null` clears them) to the Sandbox, then forwards them
+    /// to its claim (if any; a claim deleted meanwhile is skipped).
+    async fn write_replace_status(
+        &self,
+        sandbox_name: &str,
+        claim: Option<&DynamicObject>,
+        ready: &Value,
+        pod_ips: Value,
+        claim_generation: i64,
+    ) -> Result<(), StatusWriteError> {
+        self.sandboxes_api()
+            .patch_status(
+                sandbox_name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({ "status": { "conditions": [ready], "podIPs": pod_ips.clone() } }),
+                ),
+            )
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(s) if s.is_not_found() => StatusWriteError::SandboxGone,
+                e => StatusWriteError::Api("Sandbox", sandbox_name.to_owned(), e),
+            })?;
+        let Some(claim) = claim else {
+            return Ok(());
+        };
+        let mut fwd = ready.clone();
+        fwd["observedGeneration"] = json!(claim_generation);
+        let name = claim.name_any();
+        match self
+            .set_claim_ready(
+                claim,
+                fwd,
+                json!({ "name": sandbox_name, "podIPs": pod_ips }),
+            )
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+            Err(e) => Err(StatusWriteError::Api("SandboxClaim", name, e)),
+            Ok(()) => Ok(()),
+        }
+    }
+}
+
+/// A failed status write during [`Shared::replace_pod`].
+#[derive(Debug)]
+enum StatusWriteError {
+    SandboxGone,
+    Api(&'static str, String, kube::Error),
+}
+
+impl StatusWriteError {
+    fn into_error(
+        self,
+        sandbox: &str,
+        step: fn(&'static str, String, kube::Error) -> ReplaceError,
+    ) -> ReplaceError {
+        match self {
+            Self::SandboxGone => ReplaceError::SandboxNotFound {
+                sandbox: sandbox.to_owned(),
+            },
+            Self::Api(kind, name, source) => step(kind, name, source),
+        }
+    }
+}
+
+impl ReplaceError {
+    fn mark_not_ready(kind: &'static str, name: String, source: kube::Error) -> Self {
+        Self::MarkNotReady { kind, name, source }
+    }
+
+    fn mark_ready(kind: &'static str, name: String, source: kube::Error) -> Self {
+        Self::MarkReady { kind, name, source }
     }
 }

@@ -20,7 +20,7 @@
 mod controller;
 mod runtime;
 
-pub use controller::{ForcedReason, ReadyMode, SimulatedController, name_hash};
+pub use controller::{ForcedReason, ReadyMode, ReplaceError, SimulatedController, name_hash};
 pub use fake_apiserver::*;
 pub use runtime::{LoopbackRuntime, PodRequest, PodRuntime, PodRuntimeError, PodStarted};
 
@@ -230,6 +230,15 @@ impl FakeCluster {
     /// The simulated controller (ready gate, forced reasons).
     pub fn controller(&self) -> &SimulatedController {
         &self.controller
+    }
+
+    /// Replaces the pod of `sandbox_name` as a node failure or eviction would; see
+    /// [`SimulatedController::replace_pod`].
+    ///
+    /// # Errors
+    /// As [`SimulatedController::replace_pod`].
+    pub async fn replace_pod(&self, sandbox_name: &str) -> Result<PodStarted, ReplaceError> {
+        self.controller.replace_pod(sandbox_name).await
     }
 
     /// The namespace.

@@ -1,0 +1,316 @@
+//! `demo`: one scripted conversation through the agent-sandbox backend.
+//!
+//! By default everything runs on this machine: a fake Kubernetes API server
+//! with a simulated agent-sandbox controller, and a warm pool whose "pods"
+//! are real `python-sandbox-agent` processes on their own loopback addresses.
+//! With `--kubeconfig` it runs against a real cluster instead.
+//!
+//! Run it through `cargo xtask demo`, which builds the agent first.
+
+use std::{
+    io::Write as _,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use axp_transport::{
+    content,
+    pb::{AgentStart, Message, content::Type},
+    registry::Registry,
+    sandbox_agent::{AgentSandboxAgent, ExecutionReport},
+};
+use clap::Parser;
+use pipeline::LocalAgentRuntime;
+use sandbox_claim::testing::{FakeCluster, FakeClusterOptions, ReadyMode};
+
+#[derive(Parser)]
+#[command(about = "Run a scripted AX conversation in an agent-sandbox sandbox")]
+struct Cli {
+    /// Use this cluster instead of the embedded fake one.
+    #[arg(long)]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// Namespace of the claims (and of the warm pool).
+    #[arg(long, default_value = "agent-platform")]
+    namespace: String,
+    /// Warm pool to claim from.
+    #[arg(long, default_value = "python-sandbox-pool")]
+    warm_pool: String,
+    /// Template of the warm pool (and of claims on v1alpha1 clusters).
+    #[arg(long, default_value = "python-sandbox-template")]
+    template: String,
+    /// Ready sandboxes kept in the embedded warm pool.
+    #[arg(long, default_value_t = 2)]
+    replicas: i32,
+}
+
+const TURN_ONE: &str = r#"import time
+primes = [n for n in range(2, 60) if all(n % d for d in range(2, n))]
+for i, p in enumerate(primes[:5]):
+    print(f"prime #{i + 1}: {p}")
+    time.sleep(0.1)
+total = sum(primes)
+f"{len(primes)} primes below 60, summing to {total}"
+"#;
+
+const TURN_TWO: &str = "History Summary:\nuser asked for primes below 60\n\nPrompt:\n```python\nprint(f\"largest: {primes[-1]}, total from turn one: {total}\")\nmax(primes) * 2\n```";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Ctrl-C before the conversation starts drops `run`, and with it the fake
+    // cluster and every agent process; during the conversation, `run` itself
+    // releases the claim first.
+    tokio::select! {
+        result = run(cli) => result,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted while starting; nothing was claimed");
+            std::process::exit(130);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let clock = Instant::now();
+
+    // The embedded cluster lives until the end of main; dropping it stops the
+    // controller, and dropping the runtime kills every agent process.
+    let mut embedded = None;
+    let kube = match &cli.kubeconfig {
+        Some(path) => {
+            step(&clock, &format!("using the cluster in {}", path.display()));
+            let kubeconfig =
+                kube::config::Kubeconfig::read_from(path).context("reading --kubeconfig")?;
+            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .context("loading --kubeconfig")?;
+            kube::Client::try_from(config).context("building a Kubernetes client")?
+        }
+        None => {
+            let (cluster, runtime) = start_embedded(&cli, &clock).await?;
+            let client = cluster.client();
+            embedded = Some((cluster, runtime));
+            client
+        }
+    };
+
+    let yaml = format!(
+        "registry:\n  agent_sandbox_agents:\n    - id: py\n      name: Python Sandbox Agent\n      namespace: {}\n      warm_pool: {}\n      template: {}\n      port: 8494\n      protocol: axp\n      ready_timeout: 2m\n      ttl: 30m\n      call_timeout: 60s\n",
+        cli.namespace, cli.warm_pool, cli.template
+    );
+    let registry = Registry::from_yaml(&yaml)?;
+    let agent =
+        AgentSandboxAgent::from_config(kube, registry.get("py").expect("registered above")).await?;
+    step(
+        &clock,
+        &format!(
+            "agent `py` ready to dispatch (agent-sandbox API {})",
+            agent.claims().api_version()
+        ),
+    );
+
+    let conversation = format!("demo-{}", std::process::id());
+    let outcome = tokio::select! {
+        outcome = converse(&agent, &conversation, &clock) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+
+    step(&clock, "releasing the conversation's sandbox");
+    agent.close().await.context("releasing the sandbox")?;
+    let claims_left = agent
+        .claims()
+        .release_all()
+        .await
+        .map(|report| report.deleted.len())
+        .unwrap_or_default();
+    if let Some((cluster, runtime)) = embedded {
+        let ours = cluster
+            .server()
+            .objects(
+                "extensions.agents.x-k8s.io",
+                "sandboxclaims",
+                Some(&cli.namespace),
+            )
+            .len();
+        step(
+            &clock,
+            &format!(
+                "claims left: {ours}; agent processes running: {} (the warm pool's), started in all: {}",
+                runtime.running(),
+                runtime.started()
+            ),
+        );
+        drop(cluster);
+        drop(runtime);
+        step(&clock, "fake cluster stopped, agent processes killed");
+    } else if claims_left > 0 {
+        step(&clock, &format!("swept {claims_left} leftover claim(s)"));
+    }
+    outcome
+}
+
+async fn start_embedded(
+    cli: &Cli,
+    clock: &Instant,
+) -> anyhow::Result<(FakeCluster, Arc<LocalAgentRuntime>)> {
+    let runtime = Arc::new(LocalAgentRuntime::new(Vec::<String>::new()));
+    let binary = pipeline::agent_binary();
+    anyhow::ensure!(
+        binary.exists(),
+        "the reference agent is not built at {} (run `cargo xtask demo`, which builds it)",
+        binary.display()
+    );
+    let options = FakeClusterOptions::default()
+        .namespace(&cli.namespace)
+        .runtime(runtime.clone())
+        .ready_mode(ReadyMode::After(Duration::ZERO));
+    let cluster = FakeCluster::start(options)
+        .await
+        .context("starting the fake cluster")?;
+    step(
+        clock,
+        &format!(
+            "fake Kubernetes API server at {} (upstream CRDs installed)",
+            cluster.server().url()
+        ),
+    );
+    cluster.create_template(&cli.template, None).await?;
+    cluster
+        .create_warm_pool(&cli.warm_pool, &cli.template, cli.replicas)
+        .await?;
+    step(
+        clock,
+        &format!(
+            "warm pool {} of {} starting ({})",
+            cli.warm_pool,
+            cli.replicas,
+            binary.display()
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while runtime.running() < usize::try_from(cli.replicas).unwrap_or(0) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the warm pool did not fill within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    step(
+        clock,
+        &format!(
+            "warm pool ready: {} agent processes SERVING",
+            runtime.running()
+        ),
+    );
+    Ok((cluster, runtime))
+}
+
+async fn converse(
+    agent: &AgentSandboxAgent,
+    conversation: &str,
+    clock: &Instant,
+) -> anyhow::Result<()> {
+    step(
+        clock,
+        &format!("conversation {conversation}, turn 1: structured prompt (subagent_prompt)"),
+    );
+    let start = AgentStart {
+        agent_id: "py".into(),
+        messages: vec![content::user_text(format!(
+            "History Summary:\n\n\nPrompt:\n{TURN_ONE}"
+        ))],
+        subagent_prompt: TURN_ONE.into(),
+        ..AgentStart::default()
+    };
+    let report = turn(agent, conversation, "turn-1", start, clock).await?;
+    println!(
+        "        sandbox {} (claim {}) at {}:8494",
+        report.sandbox.sandbox_name, report.sandbox.claim_name, report.sandbox.pod_ip
+    );
+    timings(&report);
+
+    step(
+        clock,
+        "turn 2: legacy envelope only, using state from turn 1",
+    );
+    let start = AgentStart {
+        agent_id: "py".into(),
+        messages: vec![content::user_text(TURN_TWO)],
+        ..AgentStart::default()
+    };
+    let report = turn(agent, conversation, "turn-2", start, clock).await?;
+    timings(&report);
+    Ok(())
+}
+
+async fn turn(
+    agent: &AgentSandboxAgent,
+    conversation: &str,
+    exec: &str,
+    start: AgentStart,
+    clock: &Instant,
+) -> anyhow::Result<ExecutionReport> {
+    let mut planner_view = Vec::new();
+    let report = agent
+        .connect(conversation, exec, start, |batch| {
+            for message in batch {
+                show(&message, clock);
+                planner_view.push(message);
+            }
+        })
+        .await
+        .with_context(|| format!("execution {exec} failed"))?;
+    anyhow::ensure!(report.ended, "the agent closed the stream without `end`");
+    let view = content::planner_view(&planner_view);
+    println!(
+        "        the planner reads {} line(s) of text",
+        view.lines().count()
+    );
+    Ok(report)
+}
+
+fn show(message: &Message, clock: &Instant) {
+    let at = clock.elapsed().as_secs_f64();
+    match message.content.as_ref().and_then(|c| c.r#type.as_ref()) {
+        Some(Type::Text(text)) => {
+            for line in text.text.lines() {
+                println!("{at:7.3}s   │ {line}");
+            }
+        }
+        Some(Type::ToolResult(_)) => {
+            if let Some(result) = content::tool_result_json(message) {
+                println!(
+                    "{at:7.3}s   └ result: ok={} value={} python {:.2} ms",
+                    result["ok"],
+                    result["value"],
+                    result["python_duration_ms"].as_f64().unwrap_or_default()
+                );
+            }
+        }
+        _ => {}
+    }
+    let _ = std::io::stdout().flush();
+}
+
+fn timings(report: &ExecutionReport) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "        claim → ready {:.1} ms · first output {} · total {:.1} ms · {} frame(s)",
+        ms(report.claim_to_ready),
+        report
+            .first_output
+            .map_or_else(|| "-".to_owned(), |d| format!("{:.1} ms", ms(d))),
+        ms(report.total),
+        report.frames
+    );
+}
+
+fn step(clock: &Instant, what: &str) {
+    println!("{:7.3}s ▸ {what}", clock.elapsed().as_secs_f64());
+}

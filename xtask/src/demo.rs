@@ -1,0 +1,51 @@
+//! `cargo xtask demo`: the main job. Builds the reference agent and the demo,
+//! then runs one scripted conversation (see `tests/src/bin/demo.rs`).
+
+use anyhow::Context as _;
+use duct::cmd;
+
+/// Build and run the demo; every flag after `--` goes to it.
+#[derive(clap::Args)]
+pub struct Demo {
+    /// Build optimized binaries (slower to build, faster to run).
+    #[arg(long)]
+    release: bool,
+    /// Flags for the demo: `--kubeconfig PATH --namespace NS --warm-pool POOL --replicas N`.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+impl Demo {
+    pub fn run(self) -> anyhow::Result<()> {
+        let root = super::workspace_root();
+        let mut build = vec![
+            "build",
+            "--package",
+            "python-sandbox-agent",
+            "--package",
+            "pipeline",
+            "--bins",
+        ];
+        if self.release {
+            build.push("--release");
+        }
+        cmd("cargo", &build)
+            .dir(&root)
+            .run()
+            .context("building the reference agent and the demo")?;
+        let profile = if self.release { "release" } else { "debug" };
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        let demo = target.join(profile).join("demo");
+        // The demo's own exit status (130 on Ctrl-C) becomes ours.
+        let status = cmd(&demo, &self.args)
+            .dir(&root)
+            .unchecked()
+            .run()
+            .with_context(|| format!("running {}", demo.display()))?
+            .status;
+        anyhow::ensure!(status.success(), "the demo failed ({status})");
+        Ok(())
+    }
+}
