@@ -224,3 +224,141 @@ impl PodRuntime for LocalAgentRuntime {
         })
     }
 }
+
+/// Names the pipeline uses, as in `deploy/`.
+pub const NAMESPACE: &str = "agent-platform";
+/// The warm pool of the reference agent.
+pub const WARM_POOL: &str = "python-sandbox-pool";
+/// The template of the reference agent.
+pub const TEMPLATE: &str = "python-sandbox-template";
+
+/// A fake cluster whose pods are real agent processes, with the reference
+/// agent's template and warm pool created.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// The fake cluster (API server, simulated controller).
+    pub cluster: sandbox_claim::testing::FakeCluster,
+    /// The agent processes.
+    pub runtime: std::sync::Arc<LocalAgentRuntime>,
+}
+
+impl Pipeline {
+    /// Starts a v1beta1 cluster with a warm pool of `replicas` and waits until
+    /// the pool's agents are SERVING.
+    ///
+    /// # Errors
+    ///
+    /// When the agent binary is missing, or the cluster or pool does not start.
+    pub async fn start(replicas: i32) -> anyhow::Result<Self> {
+        Self::start_with(
+            sandbox_claim::testing::FakeClusterOptions::default(),
+            replicas,
+        )
+        .await
+    }
+
+    /// Like [`Pipeline::start`] with cluster options (API version, faults, …).
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipeline::start`].
+    pub async fn start_with(
+        options: sandbox_claim::testing::FakeClusterOptions,
+        replicas: i32,
+    ) -> anyhow::Result<Self> {
+        let binary = agent_binary();
+        anyhow::ensure!(
+            binary.exists(),
+            "the reference agent is not built at {} (`cargo xtask test` and `cargo xtask demo` build it)",
+            binary.display()
+        );
+        let runtime =
+            std::sync::Arc::new(LocalAgentRuntime::with_binary(binary, Vec::<String>::new()));
+        let options = options
+            .namespace(NAMESPACE)
+            .runtime(runtime.clone())
+            // The runtime reports a pod only once its agent is SERVING.
+            .ready_mode(sandbox_claim::testing::ReadyMode::After(Duration::ZERO));
+        let cluster = sandbox_claim::testing::FakeCluster::start(options).await?;
+        cluster.create_template(TEMPLATE, None).await?;
+        cluster
+            .create_warm_pool(WARM_POOL, TEMPLATE, replicas)
+            .await?;
+        let pipeline = Self { cluster, runtime };
+        pipeline
+            .wait_until(Duration::from_secs(60), |p| {
+                p.runtime.running() >= usize::try_from(replicas).unwrap_or(0)
+            })
+            .await
+            .map_err(|()| anyhow::anyhow!("the warm pool did not fill within 60 s"))?;
+        Ok(pipeline)
+    }
+
+    /// The `ax.yaml` for this cluster, with `extra` lines appended to the entry
+    /// (each indented like the others: `"      ttl: 5s\n"`).
+    pub fn ax_yaml(&self, extra: &str) -> String {
+        format!(
+            "registry:\n  agent_sandbox_agents:\n    - id: py\n      namespace: {NAMESPACE}\n      warm_pool: {WARM_POOL}\n      template: {TEMPLATE}\n      port: {AGENT_PORT}\n      protocol: axp\n      ready_timeout: 60s\n{extra}"
+        )
+    }
+
+    /// A backend configured by [`Pipeline::ax_yaml`] with `extra`.
+    ///
+    /// # Errors
+    ///
+    /// When the registry or the backend cannot be built.
+    pub async fn backend(
+        &self,
+        extra: &str,
+    ) -> anyhow::Result<axp_transport::sandbox_agent::AgentSandboxAgent> {
+        let registry = axp_transport::registry::Registry::from_yaml(&self.ax_yaml(extra))?;
+        let entry = registry.get("py").expect("the entry above");
+        Ok(
+            axp_transport::sandbox_agent::AgentSandboxAgent::from_config(
+                self.cluster.client(),
+                entry,
+            )
+            .await?,
+        )
+    }
+
+    /// SandboxClaims in the namespace now.
+    pub fn claims(&self) -> usize {
+        self.cluster
+            .server()
+            .objects(
+                "extensions.agents.x-k8s.io",
+                "sandboxclaims",
+                Some(NAMESPACE),
+            )
+            .len()
+    }
+
+    /// Sandboxes in the namespace now (claimed and pooled).
+    pub fn sandboxes(&self) -> usize {
+        self.cluster
+            .server()
+            .objects("agents.x-k8s.io", "sandboxes", Some(NAMESPACE))
+            .len()
+    }
+
+    /// Polls `condition` every 20 ms until it holds or `within` passes.
+    ///
+    /// # Errors
+    ///
+    /// `Err(())` when it never held.
+    pub async fn wait_until(
+        &self,
+        within: Duration,
+        condition: impl Fn(&Self) -> bool,
+    ) -> Result<(), ()> {
+        let deadline = tokio::time::Instant::now() + within;
+        while !condition(self) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}

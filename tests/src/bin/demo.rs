@@ -9,7 +9,6 @@
 
 use std::{
     io::Write as _,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -21,8 +20,7 @@ use axp_transport::{
     sandbox_agent::{AgentSandboxAgent, ExecutionReport},
 };
 use clap::Parser;
-use pipeline::LocalAgentRuntime;
-use sandbox_claim::testing::{FakeCluster, FakeClusterOptions, ReadyMode};
+use pipeline::{Pipeline, WARM_POOL};
 
 #[derive(Parser)]
 #[command(about = "Run a scripted AX conversation in an agent-sandbox sandbox")]
@@ -31,13 +29,13 @@ struct Cli {
     #[arg(long)]
     kubeconfig: Option<std::path::PathBuf>,
     /// Namespace of the claims (and of the warm pool).
-    #[arg(long, default_value = "agent-platform")]
+    #[arg(long, default_value = pipeline::NAMESPACE, requires = "kubeconfig")]
     namespace: String,
     /// Warm pool to claim from.
-    #[arg(long, default_value = "python-sandbox-pool")]
+    #[arg(long, default_value = pipeline::WARM_POOL, requires = "kubeconfig")]
     warm_pool: String,
     /// Template of the warm pool (and of claims on v1alpha1 clusters).
-    #[arg(long, default_value = "python-sandbox-template")]
+    #[arg(long, default_value = pipeline::TEMPLATE, requires = "kubeconfig")]
     template: String,
     /// Ready sandboxes kept in the embedded warm pool.
     #[arg(long, default_value_t = 2)]
@@ -93,9 +91,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             kube::Client::try_from(config).context("building a Kubernetes client")?
         }
         None => {
-            let (cluster, runtime) = start_embedded(&cli, &clock).await?;
-            let client = cluster.client();
-            embedded = Some((cluster, runtime));
+            let pipeline = start_embedded(&cli, &clock).await?;
+            let client = pipeline.cluster.client();
+            embedded = Some(pipeline);
             client
         }
     };
@@ -123,92 +121,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     step(&clock, "releasing the conversation's sandbox");
     agent.close().await.context("releasing the sandbox")?;
-    let claims_left = agent
-        .claims()
-        .release_all()
-        .await
-        .map(|report| report.deleted.len())
-        .unwrap_or_default();
-    if let Some((cluster, runtime)) = embedded {
-        let ours = cluster
-            .server()
-            .objects(
-                "extensions.agents.x-k8s.io",
-                "sandboxclaims",
-                Some(&cli.namespace),
-            )
-            .len();
+    if let Some(pipeline) = embedded {
+        // The controller stops the released sandbox's pod right after the claim goes.
+        let pool = usize::try_from(cli.replicas).unwrap_or(0);
+        let _ = pipeline
+            .wait_until(Duration::from_secs(5), |p| p.claims() == 0 && p.runtime.running() <= pool)
+            .await;
         step(
             &clock,
             &format!(
-                "claims left: {ours}; agent processes running: {} (the warm pool's), started in all: {}",
-                runtime.running(),
-                runtime.started()
+                "claims left: {}; agent processes running: {} (the warm pool's), started in all: {}",
+                pipeline.claims(),
+                pipeline.runtime.running(),
+                pipeline.runtime.started()
             ),
         );
-        drop(cluster);
-        drop(runtime);
+        drop(pipeline);
         step(&clock, "fake cluster stopped, agent processes killed");
-    } else if claims_left > 0 {
-        step(&clock, &format!("swept {claims_left} leftover claim(s)"));
     }
     outcome
 }
 
-async fn start_embedded(
-    cli: &Cli,
-    clock: &Instant,
-) -> anyhow::Result<(FakeCluster, Arc<LocalAgentRuntime>)> {
-    let runtime = Arc::new(LocalAgentRuntime::new(Vec::<String>::new()));
-    let binary = pipeline::agent_binary();
-    anyhow::ensure!(
-        binary.exists(),
-        "the reference agent is not built at {} (run `cargo xtask demo`, which builds it)",
-        binary.display()
+async fn start_embedded(cli: &Cli, clock: &Instant) -> anyhow::Result<Pipeline> {
+    step(
+        clock,
+        &format!(
+            "starting a fake cluster and a warm pool of {} agent processes ({})",
+            cli.replicas,
+            pipeline::agent_binary().display()
+        ),
     );
-    let options = FakeClusterOptions::default()
-        .namespace(&cli.namespace)
-        .runtime(runtime.clone())
-        .ready_mode(ReadyMode::After(Duration::ZERO));
-    let cluster = FakeCluster::start(options)
-        .await
-        .context("starting the fake cluster")?;
+    let pipeline = Pipeline::start(cli.replicas).await?;
     step(
         clock,
         &format!(
             "fake Kubernetes API server at {} (upstream CRDs installed)",
-            cluster.server().url()
+            pipeline.cluster.server().url()
         ),
     );
-    cluster.create_template(&cli.template, None).await?;
-    cluster
-        .create_warm_pool(&cli.warm_pool, &cli.template, cli.replicas)
-        .await?;
     step(
         clock,
         &format!(
-            "warm pool {} of {} starting ({})",
-            cli.warm_pool,
-            cli.replicas,
-            binary.display()
+            "warm pool {WARM_POOL} ready: {} agent processes SERVING",
+            pipeline.runtime.running()
         ),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while runtime.running() < usize::try_from(cli.replicas).unwrap_or(0) {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the warm pool did not fill within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    step(
-        clock,
-        &format!(
-            "warm pool ready: {} agent processes SERVING",
-            runtime.running()
-        ),
-    );
-    Ok((cluster, runtime))
+    Ok(pipeline)
 }
 
 async fn converse(
