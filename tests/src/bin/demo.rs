@@ -125,7 +125,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         // The controller stops the released sandbox's pod right after the claim goes.
         let pool = usize::try_from(cli.replicas).unwrap_or(0);
         let _ = pipeline
-            .wait_until(Duration::from_secs(5), |p| p.claims() == 0 && p.runtime.running() <= pool)
+            .wait_until(Duration::from_secs(5), |p| {
+                p.claims() == 0 && p.runtime.running() <= pool
+            })
             .await;
         step(
             &clock,

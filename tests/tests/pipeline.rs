@@ -1,0 +1,376 @@
+//! The whole pipeline: fake cluster, real `python-sandbox-agent` processes at
+//! their own "pod IPs", the agent-sandbox backend, AXP over TCP.
+//!
+//! Needs the agent binary: `cargo xtask test` builds it first.
+
+use std::time::Duration;
+
+use axp_transport::{
+    content,
+    pb::{AgentStart, Message},
+    sandbox_agent::{AgentSandboxAgent, ExecutionReport, SandboxAgentError},
+};
+use pipeline::Pipeline;
+use sandbox_claim::testing::{FakeClusterOptions, Fault, Verb};
+
+/// A planner dispatch: structured prompt plus the legacy envelope, as AX sends both.
+fn planner_call(prompt: &str) -> AgentStart {
+    AgentStart {
+        agent_id: "py".into(),
+        messages: vec![content::user_text(format!(
+            "History Summary:\nuser: earlier turn\n\nPrompt:\n{prompt}"
+        ))],
+        subagent_prompt: prompt.into(),
+        subagent_history: "user: earlier turn".into(),
+        ..AgentStart::default()
+    }
+}
+
+/// An older controller's dispatch: only the legacy envelope.
+fn legacy_call(prompt: &str) -> AgentStart {
+    AgentStart {
+        agent_id: "py".into(),
+        messages: vec![content::user_text(format!(
+            "History Summary:\n\n\nPrompt:\n{prompt}"
+        ))],
+        ..AgentStart::default()
+    }
+}
+
+async fn run(
+    agent: &AgentSandboxAgent,
+    conversation: &str,
+    exec: &str,
+    start: AgentStart,
+) -> Result<(String, ExecutionReport), SandboxAgentError> {
+    let mut seen: Vec<Message> = Vec::new();
+    let report = agent
+        .connect(conversation, exec, start, |batch| seen.extend(batch))
+        .await?;
+    Ok((content::planner_view(&seen), report))
+}
+
+#[tokio::test]
+async fn a_planner_sub_agent_call_runs_the_structured_prompt_and_the_legacy_envelope() {
+    let pipeline = Pipeline::start(1).await.unwrap();
+    let agent = pipeline.backend("").await.unwrap();
+
+    let (text, report) = run(
+        &agent,
+        "conv-1",
+        "e1",
+        planner_call("print('hi from ' + 'python')\n6 * 7"),
+    )
+    .await
+    .unwrap();
+    assert!(text.contains("hi from python"), "{text}");
+    assert!(
+        text.contains("42"),
+        "the expression's value is reported: {text}"
+    );
+    assert!(report.ended, "the agent ends with `end`");
+
+    let (text, _) = run(
+        &agent,
+        "conv-2",
+        "e1",
+        legacy_call("```python\nprint(sum(range(10)))\n```"),
+    )
+    .await
+    .unwrap();
+    assert!(text.contains("45"), "{text}");
+    agent.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_executions_of_a_conversation_share_state_and_its_sandbox() {
+    let pipeline = Pipeline::start(0).await.unwrap();
+    let agent = pipeline.backend("").await.unwrap();
+    let (_, first) = run(
+        &agent,
+        "conv",
+        "e1",
+        planner_call("import math\nradius = 2\ndef area(r): return math.pi * r * r"),
+    )
+    .await
+    .unwrap();
+    let (text, second) = run(
+        &agent,
+        "conv",
+        "e2",
+        planner_call("print(round(area(radius), 3))"),
+    )
+    .await
+    .unwrap();
+    assert!(text.contains("12.566"), "{text}");
+    assert_eq!(first.sandbox, second.sandbox);
+    assert_eq!(second.claim_to_ready, Duration::ZERO);
+    assert_eq!(pipeline.runtime.started(), 1);
+    agent.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_conversations_are_isolated_in_two_sandboxes() {
+    let pipeline = Pipeline::start(0).await.unwrap();
+    let agent = pipeline.backend("").await.unwrap();
+    let (a, b) = tokio::join!(
+        run(
+            &agent,
+            "alice",
+            "e1",
+            planner_call("secret = 'alice-only'\nprint('set')")
+        ),
+        run(&agent, "bob", "e1", planner_call("print('bob here')"))
+    );
+    let ((_, a), (_, b)) = (a.unwrap(), b.unwrap());
+    assert_ne!(a.sandbox.pod_ip, b.sandbox.pod_ip);
+    let (text, _) = run(&agent, "bob", "e2", planner_call("print(secret)"))
+        .await
+        .unwrap();
+    assert!(
+        text.contains("NameError"),
+        "bob must not see alice's variables: {text}"
+    );
+    assert_eq!(pipeline.claims(), 2);
+    agent.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_warm_pool_hit_adopts_a_ready_agent_and_an_empty_pool_starts_cold() {
+    let warm = Pipeline::start(1).await.unwrap();
+    let agent = warm.backend("").await.unwrap();
+    let (_, report) = run(&agent, "conv", "e1", planner_call("1")).await.unwrap();
+    assert!(
+        report
+            .sandbox
+            .sandbox_name
+            .starts_with("python-sandbox-pool-"),
+        "{}",
+        report.sandbox.sandbox_name
+    );
+    agent.close().await.unwrap();
+
+    let cold = Pipeline::start(0).await.unwrap();
+    let agent = cold.backend("").await.unwrap();
+    let (_, report) = run(&agent, "conv", "e1", planner_call("1")).await.unwrap();
+    assert_eq!(
+        report.sandbox.sandbox_name, report.sandbox.claim_name,
+        "a cold sandbox is named after its claim"
+    );
+    agent.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sandbox_killed_between_executions_is_re_resolved_and_the_call_retried() {
+    let pipeline = Pipeline::start(0).await.unwrap();
+    let agent = pipeline.backend("").await.unwrap();
+    let (_, first) = run(&agent, "conv", "e1", planner_call("x = 1"))
+        .await
+        .unwrap();
+
+    pipeline
+        .cluster
+        .replace_pod(&first.sandbox.sandbox_name)
+        .await
+        .unwrap();
+
+    let (text, second) = run(
+        &agent,
+        "conv",
+        "e2",
+        planner_call("print('after the crash')"),
+    )
+    .await
+    .unwrap();
+    assert!(text.contains("after the crash"), "{text}");
+    assert!(second.re_resolved);
+    assert_ne!(first.sandbox.pod_ip, second.sandbox.pod_ip);
+    agent.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_sandbox_killed_during_an_execution_is_a_clear_error_and_not_retried() {
+    let pipeline = Pipeline::start(0).await.unwrap();
+    let agent = pipeline.backend("").await.unwrap();
+    let (_, first) = run(&agent, "conv", "e1", planner_call("print('warm')"))
+        .await
+        .unwrap();
+    let pod = first.sandbox.pod_name.clone();
+
+    let slow = planner_call(
+        "import sys, time\nprint('started', flush=True)\ntime.sleep(30)\nprint('never')",
+    );
+    let mut seen = Vec::new();
+    let (first_output, mut output_started) = tokio::sync::mpsc::unbounded_channel();
+    let crash = async {
+        // Crash the pod once the execution has produced output.
+        output_started.recv().await;
+        assert!(pipeline.runtime.crash(&pod).await);
+    };
+    let on_output = |batch: Vec<Message>| {
+        let _ = first_output.send(());
+        seen.extend(batch);
+    };
+    let (result, ()) = tokio::join!(agent.connect("conv", "e2", slow, on_output), crash);
+    let error = result.unwrap_err();
+    assert!(
+        matches!(error, SandboxAgentError::Stream { outputs, .. } if outputs >= 1),
+        "{error:?}"
+    );
+    assert!(content::planner_view(&seen).contains("started"));
+    assert_eq!(
+        pipeline.runtime.started(),
+        1,
+        "nothing was retried in a new sandbox"
+    );
+    agent.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_controller_adopts_the_live_claim_and_keeps_the_state() {
+    let pipeline = Pipeline::start(0).await.unwrap();
+    let before = pipeline.backend("").await.unwrap();
+    run(&before, "conv", "e1", planner_call("counter = 41"))
+        .await
+        .unwrap();
+    drop(before);
+
+    let after = pipeline.backend("").await.unwrap();
+    let (text, _) = run(&after, "conv", "e2", planner_call("counter + 1"))
+        .await
+        .unwrap();
+    assert!(text.contains("42"), "{text}");
+    assert_eq!(pipeline.runtime.started(), 1);
+    assert_eq!(pipeline.claims(), 1);
+    after.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_conversations_claim_expires_with_its_ttl_and_its_agent_is_stopped() {
+    let pipeline = Pipeline::start(0).await.unwrap();
+    let agent = pipeline.backend("      ttl: 2s\n").await.unwrap();
+    run(&agent, "conv", "e1", planner_call("x = 1"))
+        .await
+        .unwrap();
+    assert_eq!(pipeline.claims(), 1);
+    pipeline
+        .wait_until(Duration::from_secs(15), |p| {
+            p.claims() == 0 && p.runtime.running() == 0
+        })
+        .await
+        .expect("the controller deletes the expired claim and its pod");
+
+    // The conversation goes on in a new sandbox; the old state is gone.
+    let (text, report) = run(&agent, "conv", "e2", planner_call("print(x)"))
+        .await
+        .unwrap();
+    assert!(report.re_resolved, "the stale endpoint was noticed");
+    assert!(text.contains("NameError"), "{text}");
+    agent.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn release_and_close_leave_no_claims_and_no_agent_processes() {
+    let pipeline = Pipeline::start(0).await.unwrap();
+    let agent = pipeline.backend("").await.unwrap();
+    for conversation in ["a", "b", "c"] {
+        run(&agent, conversation, "e1", planner_call("print(1)"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(pipeline.runtime.running(), 3);
+    agent.release("a").await.unwrap();
+    agent.close().await.unwrap();
+    pipeline
+        .wait_until(Duration::from_secs(10), |p| {
+            p.claims() == 0 && p.sandboxes() == 0 && p.runtime.running() == 0
+        })
+        .await
+        .expect("nothing left behind");
+}
+
+#[tokio::test]
+async fn a_hundred_conversations_under_api_faults_leak_nothing() {
+    let pipeline = Pipeline::start_with(FakeClusterOptions::default(), 2)
+        .await
+        .unwrap();
+    let server = pipeline.cluster.server();
+    // Transient API trouble on the claim path: 5xx on creates and deletes,
+    // expired resource versions and dropped watches while waiting.
+    server.inject(
+        Fault::status(503, "ServiceUnavailable")
+            .verb(Verb::Create)
+            .resource("sandboxclaims")
+            .times(10),
+    );
+    server.inject(
+        Fault::status(500, "InternalError")
+            .verb(Verb::Delete)
+            .resource("sandboxclaims")
+            .times(10),
+    );
+    server.inject(
+        Fault::expire_resource_version()
+            .verb(Verb::Watch)
+            .resource("sandboxclaims")
+            .times(10),
+    );
+    server.inject(
+        Fault::drop_watch(1)
+            .verb(Verb::Watch)
+            .resource("sandboxclaims")
+            .times(10),
+    );
+
+    let agent = pipeline.backend("").await.unwrap();
+    let conversations: Vec<String> = (0..100).map(|i| format!("conversation-{i:03}")).collect();
+    let mut failures = Vec::new();
+    for chunk in conversations.chunks(8) {
+        let runs = chunk.iter().map(|c| {
+            let agent = agent.clone();
+            async move {
+                let result = run(&agent, c, "e1", planner_call("print(2 + 2)")).await;
+                let released = agent.release(c).await;
+                (c.clone(), result, released)
+            }
+        });
+        for (conversation, result, released) in futures::future::join_all(runs).await {
+            match result {
+                Ok((text, _)) => assert!(text.contains('4'), "{conversation}: {text}"),
+                Err(error) => failures.push(format!("{conversation}: {error}")),
+            }
+            released.unwrap_or_else(|e| panic!("{conversation}: release failed: {e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "transient faults must be absorbed: {failures:?}"
+    );
+    // The faults really fired, and were retried or recovered from.
+    let requests = server.requests();
+    assert!(
+        requests.count(Verb::Create, "sandboxclaims") >= 110,
+        "{requests:?}"
+    );
+    assert!(
+        requests.count(Verb::Delete, "sandboxclaims") >= 110,
+        "{requests:?}"
+    );
+    assert!(
+        requests.count(Verb::Watch, "sandboxclaims") >= 100,
+        "{requests:?}"
+    );
+    pipeline
+        .wait_until(Duration::from_secs(20), |p| {
+            p.claims() == 0 && p.runtime.running() <= 2
+        })
+        .await
+        .unwrap_or_else(|()| {
+            panic!(
+                "leaked: {} claims, {} agent processes",
+                pipeline.claims(),
+                pipeline.runtime.running()
+            )
+        });
+    assert!(pipeline.runtime.started() >= 100);
+}
