@@ -22,7 +22,7 @@ pub mod server;
 
 pub use agent::{Agent, AgentError, Execution, OutputStream};
 pub use client::{AxpClient, ClientError, ClientOptions};
-pub use server::{AgentServer, ServerOptions};
+pub use server::{AgentServer, ServerOptions, ServerTls};
 
 /// Generated protobuf types and gRPC stubs for package `ax`.
 pub mod pb {

@@ -66,6 +66,27 @@ pub struct ServerOptions {
     pub bearer_token: Option<String>,
     /// Accept gzip-compressed requests and compress responses for clients that accept gzip.
     pub gzip: bool,
+    /// Serve TLS instead of plaintext h2c.
+    pub tls: Option<ServerTls>,
+}
+
+/// The server's TLS identity and, for mutual TLS, the CA its clients must present.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// PEM certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// PEM private key.
+    pub key_pem: Vec<u8>,
+    /// PEM CA bundle; when set, clients must present a certificate it signed.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("mutual", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ServerOptions {
@@ -82,6 +103,7 @@ impl Default for ServerOptions {
             grace_period: Duration::from_secs(25),
             bearer_token: None,
             gzip: true,
+            tls: None,
         }
     }
 }
@@ -98,6 +120,7 @@ impl std::fmt::Debug for ServerOptions {
                 &self.bearer_token.as_ref().map(|_| "<redacted>"),
             )
             .field("gzip", &self.gzip)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -108,6 +131,9 @@ pub enum ServeError {
     /// The reflection service could not load the AXP descriptors.
     #[error("could not build the gRPC reflection service")]
     Reflection(#[source] tonic_reflection::server::Error),
+    /// The TLS settings were rejected.
+    #[error("invalid server TLS settings")]
+    Tls(#[source] tonic::transport::Error),
     /// The gRPC server stopped with an error.
     #[error("the gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
@@ -277,7 +303,17 @@ impl<A: Agent> AgentServer<A> {
         });
 
         let stop_accepting = CancellationToken::new();
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = &options.tls {
+            let mut config = tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+            );
+            if let Some(ca) = &tls.client_ca_pem {
+                config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+            }
+            builder = builder.tls_config(config).map_err(ServeError::Tls)?;
+        }
+        let server = builder
             .max_concurrent_streams(options.max_concurrent_streams)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(health_service)
