@@ -1,0 +1,549 @@
+//! [`PythonAgent`]: the AXP [`Agent`] that runs each execution's code in its conversation's Python worker.
+//!
+//! # Guarantees
+//!
+//! - **One execution at a time per conversation.** A second call for a conversation whose code is still running is
+//!   refused at once with FAILED_PRECONDITION (waiting could outlive the caller's deadline and would run turns in
+//!   an order the model did not see). A call that arrives while the worker is only being restarted waits for it.
+//! - **Pinning.** With [`AgentOptions::pin_conversation`] (the default) the first conversation seen owns the agent;
+//!   others get PERMISSION_DENIED, so a sandbox reused by mistake never shows one conversation's state to another.
+//! - **User-code failures are results.** Exceptions, timeouts, memory errors and a dying interpreter are reported in
+//!   the outputs, followed by `end`; only protocol and service failures are gRPC statuses.
+//! - **A snippet cannot take the agent down.** Past its timeout a cell is interrupted (SIGINT → KeyboardInterrupt,
+//!   namespace kept); if it has not stopped [`AgentOptions::interrupt_grace`] later its worker is killed and
+//!   restarted, and the result says that earlier variables are lost.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axp_transport::{
+    Agent, AgentError, Execution, OutputStream,
+    pb::{HealthCheckResponse, Message},
+};
+use futures::StreamExt as _;
+use tokio::sync::{OwnedMutexGuard, mpsc};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::AgentOptions,
+    output::{self, Collector, Outcome, StreamKind},
+    prompt,
+    worker::{
+        Event, Worker,
+        protocol::{ExecuteRequest, WorkerInfo},
+        supervisor,
+    },
+};
+
+/// Told to the model whenever its namespace is gone.
+pub const STATE_LOST: &str = "The Python worker was restarted: variables, imports and functions from earlier executions are lost.";
+
+/// Time kept between the end of an execution's timeout and the caller's deadline, for the result to travel.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(250);
+
+/// The AXP agent. Cheap to clone (shared state).
+#[derive(Debug, Clone)]
+pub struct PythonAgent {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    options: AgentOptions,
+    /// Set once the first worker is up; executions are refused with UNAVAILABLE until then.
+    info: OnceLock<WorkerInfo>,
+    state: Mutex<State>,
+    /// A worker started ahead of time for the next new conversation.
+    spare: Mutex<Option<Worker>>,
+    refilling: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    pinned: Option<String>,
+    sessions: HashMap<String, Arc<Session>>,
+    shut_down: bool,
+}
+
+/// One conversation's worker.
+#[derive(Debug)]
+struct Session {
+    slot: Arc<tokio::sync::Mutex<Slot>>,
+    /// A cell is running (the lock may also be held by a restart, which a new call waits for).
+    running: AtomicBool,
+    last_used: Mutex<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    worker: Option<Worker>,
+    cells: u64,
+    /// Said in the next result (the worker died between executions, say).
+    notice: Option<String>,
+}
+
+impl PythonAgent {
+    /// An agent with no worker yet: it refuses executions with UNAVAILABLE until [`PythonAgent::start_worker`].
+    pub fn new(options: AgentOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                options,
+                info: OnceLock::new(),
+                state: Mutex::default(),
+                spare: Mutex::new(None),
+                refilling: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Starts the first Python worker (kept for the first conversation) and returns which Python it runs.
+    ///
+    /// # Errors
+    ///
+    /// [`supervisor::Error`] when the worker cannot start.
+    pub async fn start_worker(&self) -> Result<WorkerInfo, supervisor::Error> {
+        let worker = Worker::spawn(&self.inner.options.worker).await?;
+        let info = worker.info().clone();
+        *self.inner.spare.lock().unwrap_or_else(|p| p.into_inner()) = Some(worker);
+        let _ = self.inner.info.set(info.clone());
+        Ok(info)
+    }
+
+    /// [`PythonAgent::new`] then [`PythonAgent::start_worker`].
+    ///
+    /// # Errors
+    ///
+    /// [`supervisor::Error`] when the worker cannot start.
+    pub async fn start(options: AgentOptions) -> Result<Self, supervisor::Error> {
+        let agent = Self::new(options);
+        agent.start_worker().await?;
+        Ok(agent)
+    }
+
+    /// Which Python the workers run, once the first one is up.
+    pub fn python(&self) -> Option<&WorkerInfo> {
+        self.inner.info.get()
+    }
+
+    /// Kills every worker. Executions still running end as if their worker died.
+    pub fn shutdown(&self) {
+        let sessions: Vec<_> = {
+            let mut state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.shut_down = true;
+            state.sessions.drain().map(|(_, s)| s).collect()
+        };
+        drop(
+            self.inner
+                .spare
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        for session in sessions {
+            if let Ok(mut slot) = session.slot.try_lock() {
+                slot.worker.take();
+            }
+        }
+    }
+
+    fn session(&self, conversation_id: &str) -> Result<Arc<Session>, AgentError> {
+        let options = &self.inner.options;
+        let mut state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.shut_down {
+            return Err(AgentError::Unavailable("the agent is shutting down".into()));
+        }
+        if options.pin_conversation {
+            match &state.pinned {
+                Some(pinned) if pinned != conversation_id => {
+                    return Err(AgentError::PermissionDenied(
+                        "this Python sandbox is pinned to another conversation and refuses others, so no \
+                         conversation can see another's state (run the agent with --unpinned for local use)"
+                            .into(),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    tracing::info!(conversation_id, "pinned to this conversation");
+                    state.pinned = Some(conversation_id.to_owned());
+                }
+            }
+        }
+        if let Some(session) = state.sessions.get(conversation_id) {
+            *session.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            return Ok(session.clone());
+        }
+        if state.sessions.len() >= options.max_conversations {
+            let idle = state
+                .sessions
+                .iter()
+                .filter(|(_, s)| !s.running.load(Ordering::SeqCst) && s.slot.try_lock().is_ok())
+                .min_by_key(|(_, s)| *s.last_used.lock().unwrap_or_else(|p| p.into_inner()))
+                .map(|(id, _)| id.clone());
+            match idle {
+                Some(id) => {
+                    tracing::info!(evicted = %id, "evicting the least recently used conversation's worker");
+                    state.sessions.remove(&id);
+                }
+                None => {
+                    return Err(AgentError::ResourceExhausted(format!(
+                        "all {} conversation slots are running code; retry later",
+                        options.max_conversations
+                    )));
+                }
+            }
+        }
+        let session = Arc::new(Session {
+            slot: Arc::default(),
+            running: AtomicBool::new(false),
+            last_used: Mutex::new(Instant::now()),
+        });
+        state
+            .sessions
+            .insert(conversation_id.to_owned(), session.clone());
+        Ok(session)
+    }
+
+    /// A ready worker for a new or restarted session: the spare if there is one (then refilled in the background),
+    /// else a new one.
+    async fn take_worker(&self) -> Result<Worker, supervisor::Error> {
+        let spare = self
+            .inner
+            .spare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let worker = match spare.and_then(|mut w| w.exited().is_none().then_some(w)) {
+            Some(worker) => worker,
+            None => Worker::spawn(&self.inner.options.worker).await?,
+        };
+        if !self.inner.options.pin_conversation
+            && !self.inner.refilling.swap(true, Ordering::SeqCst)
+        {
+            let agent = self.clone();
+            tokio::spawn(async move {
+                match Worker::spawn(&agent.inner.options.worker).await {
+                    Ok(worker) => {
+                        *agent.inner.spare.lock().unwrap_or_else(|p| p.into_inner()) = Some(worker)
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %anyhow::Error::new(error), "could not pre-start a spare worker")
+                    }
+                }
+                agent.inner.refilling.store(false, Ordering::SeqCst);
+            });
+        }
+        Ok(worker)
+    }
+
+    /// Makes sure the slot has a live worker; records a notice when earlier state is gone.
+    async fn ensure_worker(&self, slot: &mut Slot) -> Result<(), AgentError> {
+        if let Some(worker) = &mut slot.worker {
+            match worker.exited() {
+                None => return Ok(()),
+                Some(status) => {
+                    tracing::warn!(%status, "the Python worker exited between executions");
+                    slot.notice = Some(format!(
+                        "The Python worker had exited since the last execution ({status}). {STATE_LOST}"
+                    ));
+                    slot.worker = None;
+                }
+            }
+        } else if slot.cells > 0 && slot.notice.is_none() {
+            slot.notice = Some(STATE_LOST.to_owned());
+        }
+        let worker = self
+            .take_worker()
+            .await
+            .map_err(|error| AgentError::Unavailable(format!("{:#}", anyhow::Error::new(error))))?;
+        slot.worker = Some(worker);
+        Ok(())
+    }
+}
+
+impl Agent for PythonAgent {
+    async fn execute(&self, execution: Execution) -> Result<OutputStream, AgentError> {
+        let Execution {
+            conversation_id,
+            exec_id,
+            start,
+            cancelled,
+            deadline,
+            ..
+        } = execution;
+        if self.inner.info.get().is_none() {
+            return Err(AgentError::Unavailable(
+                "the Python worker is starting; retry shortly".into(),
+            ));
+        }
+        if conversation_id.is_empty() {
+            return Err(AgentError::InvalidArgument(
+                "AgentRequest.conversation_id is empty".into(),
+            ));
+        }
+        let code =
+            prompt::extract(&start).map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
+        let exec_options = self
+            .inner
+            .options
+            .exec_options(&start.agent_config)
+            .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
+        let session = self.session(&conversation_id)?;
+
+        let mut slot = match session.slot.clone().try_lock_owned() {
+            Ok(slot) => slot,
+            Err(_) if !session.running.load(Ordering::SeqCst) => {
+                // Only a restart holds the lock: wait for it.
+                tokio::time::timeout(
+                    self.inner.options.worker.startup_timeout,
+                    session.slot.clone().lock_owned(),
+                )
+                .await
+                .map_err(|_| {
+                    AgentError::Unavailable("the Python worker is restarting; retry later".into())
+                })?
+            }
+            Err(_) => {
+                return Err(AgentError::FailedPrecondition(
+                    "this conversation already has an execution running; AXP runs one execution per \
+                     conversation at a time"
+                        .into(),
+                ));
+            }
+        };
+        // From here until the run ends (or this call is dropped), the lock means "code is running".
+        let running = RunningFlag::set(session.clone());
+        let mut timeout = exec_options.timeout;
+        if let Some(deadline) = deadline {
+            let left = deadline
+                .checked_duration_since(tokio::time::Instant::now())
+                .and_then(|d| d.checked_sub(DEADLINE_MARGIN))
+                .unwrap_or_default();
+            if left.is_zero() {
+                return Err(AgentError::DeadlineExceeded(
+                    "the call's deadline leaves no time to run the code".into(),
+                ));
+            }
+            timeout = timeout.min(left);
+        }
+        self.ensure_worker(&mut slot).await?;
+        slot.cells += 1;
+        let request = ExecuteRequest {
+            code: code.text,
+            filename: format!("<cell {}>", slot.cells),
+            output_limit: exec_options.output_limit,
+            value_limit: exec_options.output_limit,
+            cpu_limit_secs: timeout.as_secs() + 2,
+            reset: exec_options.reset,
+        };
+        tracing::debug!(cell = slot.cells, source = ?code.source, fenced = code.fenced, ?timeout, "running");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let run = Run {
+            agent: self.clone(),
+            running,
+            request,
+            timeout,
+            output_limit: exec_options.output_limit,
+            exec_id,
+            cancelled,
+            tx,
+        };
+        tokio::spawn(run.run(slot));
+        Ok(Box::pin(UnboundedReceiverStream::new(rx).map(Ok)))
+    }
+
+    async fn health(&self) -> HealthCheckResponse {
+        match self.inner.info.get() {
+            Some(info) => HealthCheckResponse {
+                healthy: true,
+                message: format!(
+                    "Python {} ({})",
+                    info.version.split_whitespace().next().unwrap_or(""),
+                    info.prefix
+                ),
+            },
+            None => HealthCheckResponse {
+                healthy: false,
+                message: "the Python worker is starting".into(),
+            },
+        }
+    }
+}
+
+/// One running execution, driven by its own task so that a client that goes away still gets its cell stopped.
+struct Run {
+    agent: PythonAgent,
+    running: RunningFlag,
+    request: ExecuteRequest,
+    timeout: Duration,
+    output_limit: u64,
+    exec_id: String,
+    cancelled: CancellationToken,
+    tx: mpsc::UnboundedSender<Vec<Message>>,
+}
+
+/// Marks a session's lock as held by running code (not by a restart) while it lives.
+struct RunningFlag(Arc<Session>);
+
+impl RunningFlag {
+    fn set(session: Arc<Session>) -> Self {
+        session.running.store(true, Ordering::SeqCst);
+        Self(session)
+    }
+}
+
+impl Drop for RunningFlag {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Why the agent stopped a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Timeout,
+    Cancelled,
+}
+
+impl Run {
+    async fn run(self, mut slot: OwnedMutexGuard<Slot>) {
+        let Self {
+            agent,
+            running,
+            request,
+            timeout,
+            output_limit,
+            exec_id,
+            cancelled,
+            tx,
+        } = self;
+        let started = Instant::now();
+        let mut outcome = Outcome {
+            cell: slot.cells,
+            ..Outcome::default()
+        };
+        if let Some(notice) = slot.notice.take() {
+            outcome.state_lost = true;
+            outcome.notices.push(notice);
+        }
+        let mut collector = Collector::new(output_limit, agent.inner.options.flush_interval);
+        let grace = agent.inner.options.interrupt_grace;
+        let worker = slot.worker.as_mut().expect("ensure_worker ran");
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut stop: Option<(Stop, tokio::time::Instant)> = None;
+        let mut killed = false;
+
+        let sent = worker.send(&request).await;
+        let died = loop {
+            if sent.is_err() {
+                break Some(worker.next_event().await);
+            }
+            let flush_at = collector.flush_at().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                event = worker.next_event() => match event {
+                    Event::Stdout(bytes) => collector.push(StreamKind::Stdout, &bytes),
+                    Event::Stderr(bytes) => collector.push(StreamKind::Stderr, &bytes),
+                    Event::Done(result) => {
+                        outcome.result = Some(result);
+                        break None;
+                    }
+                    died @ Event::Died(_) => break Some(died),
+                },
+                () = sleep_until(flush_at) => {
+                    let batch = collector.flush();
+                    if !batch.is_empty() {
+                        let _ = tx.send(batch);
+                    }
+                }
+                () = tokio::time::sleep_until(deadline), if stop.is_none() => {
+                    tracing::info!(?timeout, "cell timed out: interrupting");
+                    worker.interrupt();
+                    stop = Some((Stop::Timeout, tokio::time::Instant::now() + grace));
+                }
+                () = cancelled.cancelled(), if stop.is_none() => {
+                    tracing::info!("execution cancelled: interrupting the cell");
+                    worker.interrupt();
+                    stop = Some((Stop::Cancelled, tokio::time::Instant::now() + grace));
+                }
+                () = sleep_until(stop.map(|(_, at)| at)) => {
+                    tracing::warn!("the cell did not stop when interrupted: killing the Python worker");
+                    worker.kill().await;
+                    killed = true;
+                    break None;
+                }
+            }
+        };
+        outcome.duration = started.elapsed();
+        let timed_out = matches!(stop, Some((Stop::Timeout, _)));
+        outcome.timed_out = timed_out;
+        let secs = timeout.as_secs_f64();
+        if killed {
+            outcome.state_lost = true;
+            outcome.error = Some((
+                "TimeoutError".into(),
+                format!(
+                    "the code ran past its {secs} s timeout and did not stop when interrupted, so the Python \
+                     worker was killed"
+                ),
+            ));
+            outcome.notices.push(STATE_LOST.to_owned());
+        } else if let Some(Event::Died(status)) = &died {
+            outcome.state_lost = true;
+            let hint = if status.contains("SIGKILL") {
+                " (out of memory?)"
+            } else {
+                ""
+            };
+            outcome.error = Some((
+                "WorkerDied".into(),
+                format!("the Python interpreter stopped while running this code: {status}{hint}"),
+            ));
+            outcome.notices.push(STATE_LOST.to_owned());
+        } else if timed_out {
+            let interrupted = outcome
+                .result
+                .as_ref()
+                .and_then(|r| r.error.as_ref())
+                .is_some_and(|e| e.r#type == "KeyboardInterrupt");
+            if interrupted {
+                outcome.error = Some((
+                    "TimeoutError".into(),
+                    format!(
+                        "the code ran past its {secs} s timeout and was interrupted; variables from earlier \
+                         executions are kept"
+                    ),
+                ));
+            }
+        }
+        if let Some(result) = &outcome.result {
+            collector.set_totals(result.stdout_bytes, result.stderr_bytes);
+        }
+        if !matches!(stop, Some((Stop::Cancelled, _))) {
+            let _ = tx.send(output::finish(&mut collector, &outcome, &exec_id));
+        }
+        // The stream ends (and `end` is sent) before any restart, so the result is not delayed by it.
+        drop(tx);
+        drop(running);
+        if killed || died.is_some() {
+            slot.worker = None;
+            if let Err(error) = agent.ensure_worker(&mut slot).await {
+                tracing::warn!(%error, "could not restart the Python worker; the next execution will try again");
+            }
+            // This restart was already reported in this result.
+            slot.notice = None;
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,346 @@
+//! Options: the agent's (from flags and env, see [`Cli`]) and each execution's (from `AgentStart.agent_config`).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use crate::worker::WorkerOptions;
+
+/// How the agent runs code.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The worker processes' binary and limits.
+    pub worker: WorkerOptions,
+    /// Serve only the first conversation seen; refuse others with PERMISSION_DENIED.
+    pub pin_conversation: bool,
+    /// Conversations with a live worker at once when not pinned; the least recently used idle one is evicted.
+    pub max_conversations: usize,
+    /// Timeout of an execution that does not set `timeout_secs`.
+    pub default_timeout: Duration,
+    /// Largest `timeout_secs` an execution may ask for.
+    pub max_timeout: Duration,
+    /// Output kept and sent per stream (stdout, stderr) of an execution that does not set `output_limit_bytes`.
+    pub default_output_limit: u64,
+    /// Largest `output_limit_bytes` an execution may ask for.
+    pub max_output_limit: u64,
+    /// How long a timed-out cell may take to stop after SIGINT before its worker is killed.
+    pub interrupt_grace: Duration,
+    /// How often complete lines of output are sent, at most.
+    pub flush_interval: Duration,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            worker: WorkerOptions::default(),
+            // One pod per conversation: a sandbox reused by mistake must not leak state.
+            pin_conversation: true,
+            max_conversations: 16,
+            // Below the planner's 30–60 s sub-agent deadline, so the model gets a result, not an error.
+            default_timeout: Duration::from_secs(25),
+            max_timeout: Duration::from_secs(3600),
+            default_output_limit: 1 << 20,
+            // Two capped streams plus the structured copy must fit the 16 MiB gRPC message limit.
+            max_output_limit: 4 << 20,
+            // Long enough for Python to reach a bytecode boundary; short enough for "timeout + about a second".
+            interrupt_grace: Duration::from_millis(500),
+            // A print loop gives ~40 frames a second instead of one per line.
+            flush_interval: Duration::from_millis(25),
+        }
+    }
+}
+
+/// Per-execution options, from `AgentStart.agent_config` (JSON object; empty means defaults).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecOptions {
+    /// Wall-clock timeout of this execution.
+    pub timeout: Duration,
+    /// Output kept per stream.
+    pub output_limit: u64,
+    /// Start from an empty namespace.
+    pub reset: bool,
+}
+
+/// Why `agent_config` was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// Not a JSON object with the known keys.
+    #[error(
+        "agent_config is not valid: {0} (expected a JSON object with optional keys timeout_secs, output_limit_bytes, reset)"
+    )]
+    Parse(String),
+    /// `timeout_secs` is not a positive number within the maximum.
+    #[error("agent_config.timeout_secs must be > 0 and <= {max}, got {got}")]
+    Timeout {
+        /// The value sent.
+        got: f64,
+        /// The maximum.
+        max: f64,
+    },
+    /// `output_limit_bytes` is above the maximum.
+    #[error("agent_config.output_limit_bytes must be <= {max}, got {got}")]
+    OutputLimit {
+        /// The value sent.
+        got: u64,
+        /// The maximum.
+        max: u64,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExecOptions {
+    timeout_secs: Option<f64>,
+    output_limit_bytes: Option<u64>,
+    reset: Option<bool>,
+}
+
+impl AgentOptions {
+    /// Parses and validates `agent_config`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] (sent as INVALID_ARGUMENT).
+    pub fn exec_options(&self, agent_config: &[u8]) -> Result<ExecOptions, ConfigError> {
+        let raw: RawExecOptions = if agent_config.iter().all(u8::is_ascii_whitespace) {
+            RawExecOptions::default()
+        } else {
+            serde_json::from_slice::<Option<RawExecOptions>>(agent_config)
+                .map_err(|e| ConfigError::Parse(e.to_string()))?
+                .unwrap_or_default()
+        };
+        let timeout = match raw.timeout_secs {
+            None => self.default_timeout,
+            Some(secs) => {
+                let max = self.max_timeout.as_secs_f64();
+                if !(secs.is_finite() && secs > 0.0 && secs <= max) {
+                    return Err(ConfigError::Timeout { got: secs, max });
+                }
+                Duration::from_secs_f64(secs)
+            }
+        };
+        let output_limit = raw.output_limit_bytes.unwrap_or(self.default_output_limit);
+        if output_limit > self.max_output_limit {
+            return Err(ConfigError::OutputLimit {
+                got: output_limit,
+                max: self.max_output_limit,
+            });
+        }
+        Ok(ExecOptions {
+            timeout,
+            output_limit,
+            reset: raw.reset.unwrap_or(false),
+        })
+    }
+}
+
+/// The command line. Every flag has an environment variable fallback.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "python-sandbox-agent",
+    version,
+    about = "AXP agent that runs Python in a supervised, embedded interpreter (one sandbox pod per conversation)",
+    long_about = "AXP agent that runs Python in a supervised, embedded interpreter (one sandbox pod per conversation).\n\n\
+        Serves ax.AgentService, grpc.health.v1 (SERVING once the Python worker is up) and reflection. The code to run \
+        is AgentStart.subagent_prompt, or the last user text message (legacy `History Summary:/Prompt:` envelope \
+        stripped); fenced ```python blocks are run in order. Per-execution options go in agent_config JSON: \
+        {\"timeout_secs\": 10, \"output_limit_bytes\": 65536, \"reset\": false}.\n\n\
+        On start it prints `listening on <addr>` on stdout (logs go to stderr)."
+)]
+pub struct Cli {
+    /// Worker mode (internal).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Address to serve AXP on (use port 0 to pick a free port; the chosen address is printed on stdout).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8494")]
+    pub listen: SocketAddr,
+    /// Default execution timeout in seconds (agent_config `timeout_secs` overrides it).
+    #[arg(long, env = "PYTHON_TIMEOUT_SECS", default_value_t = 25.0)]
+    pub timeout_secs: f64,
+    /// Largest timeout an execution may ask for, in seconds.
+    #[arg(long, env = "PYTHON_MAX_TIMEOUT_SECS", default_value_t = 3600.0)]
+    pub max_timeout_secs: f64,
+    /// Default output kept per stream (stdout, stderr) per execution, in bytes; the rest is dropped with a marker.
+    #[arg(long, env = "PYTHON_OUTPUT_LIMIT_BYTES", default_value_t = 1 << 20)]
+    pub output_limit_bytes: u64,
+    /// Largest output limit an execution may ask for, in bytes.
+    #[arg(long, env = "PYTHON_MAX_OUTPUT_LIMIT_BYTES", default_value_t = 4 << 20)]
+    pub max_output_limit_bytes: u64,
+    /// Address-space limit of the Python worker in MiB (RLIMIT_AS; 0 = unlimited).
+    #[arg(long, env = "PYTHON_MEMORY_LIMIT_MB", default_value_t = 2048)]
+    pub memory_limit_mb: u64,
+    /// Largest file the Python code may write, in MiB (RLIMIT_FSIZE; 0 = unlimited).
+    #[arg(long, env = "PYTHON_FILE_SIZE_LIMIT_MB", default_value_t = 1024)]
+    pub file_size_limit_mb: u64,
+    /// Open files the Python worker may have (RLIMIT_NOFILE).
+    #[arg(long, env = "PYTHON_OPEN_FILES", default_value_t = 1024)]
+    pub open_files: u64,
+    /// Refuse subprocess, os.system, os.exec* and os.posix_spawn in Python code (os.fork is always refused).
+    #[arg(long, env = "PYTHON_BLOCK_SUBPROCESS")]
+    pub block_subprocess: bool,
+    /// Serve any number of conversations (one worker each) instead of pinning to the first one; for local use.
+    #[arg(long, env = "PYTHON_AGENT_UNPINNED")]
+    pub unpinned: bool,
+    /// With --unpinned: conversations with a live worker at once (the least recently used idle one is evicted).
+    #[arg(long, env = "PYTHON_MAX_CONVERSATIONS", default_value_t = 16)]
+    pub max_conversations: usize,
+    /// File holding the bearer token AXP callers must send (`authorization: Bearer <token>`).
+    #[arg(long, env = "AXP_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The bearer token itself (prefer --token-file; the value is never logged).
+    #[arg(long = "token", env = "AXP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Seconds running executions get to finish after SIGTERM before they are cancelled.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 25.0)]
+    pub grace_period_secs: f64,
+    /// Largest gRPC message, in bytes.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
+    pub max_message_bytes: usize,
+    /// Executions running at once across all conversations; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MAX_CONCURRENT_EXECUTIONS", default_value_t = 64)]
+    pub max_concurrent_executions: usize,
+    /// Testing aid: wait this long before starting the Python worker (health stays NOT_SERVING meanwhile).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub startup_delay_ms: u64,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run as the Python worker of an agent (speaks the pipe protocol on stdin/stdout).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+/// Flags of the worker mode, set by the agent.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// RLIMIT_AS in bytes.
+    #[arg(long)]
+    pub memory_limit_bytes: Option<u64>,
+    /// RLIMIT_FSIZE in bytes.
+    #[arg(long)]
+    pub file_size_limit_bytes: Option<u64>,
+    /// RLIMIT_NOFILE.
+    #[arg(long, default_value_t = 1024)]
+    pub open_files: u64,
+    /// Refuse subprocesses.
+    #[arg(long)]
+    pub block_subprocess: bool,
+    /// The capture pipes are fds 3–6 (set by the agent).
+    #[arg(long)]
+    pub inherited_pipes: bool,
+}
+
+/// Environment variables the worker must not see (user code could read them).
+pub const SECRET_ENV: &[&str] = &["AXP_TOKEN", "AXP_TOKEN_FILE"];
+
+impl Cli {
+    /// The agent options these flags describe.
+    pub fn agent_options(&self) -> AgentOptions {
+        let defaults = AgentOptions::default();
+        let mb = |v: u64| (v > 0).then_some(v << 20);
+        AgentOptions {
+            worker: WorkerOptions {
+                limits: crate::worker::child::Limits {
+                    memory_bytes: mb(self.memory_limit_mb),
+                    open_files: self.open_files,
+                    file_size_bytes: mb(self.file_size_limit_mb),
+                    block_subprocess: self.block_subprocess,
+                },
+                scrub_env: SECRET_ENV.iter().map(|s| (*s).to_owned()).collect(),
+                ..defaults.worker.clone()
+            },
+            pin_conversation: !self.unpinned,
+            max_conversations: self.max_conversations.max(1),
+            default_timeout: Duration::from_secs_f64(self.timeout_secs.max(0.001)),
+            max_timeout: Duration::from_secs_f64(
+                self.max_timeout_secs.max(self.timeout_secs).max(0.001),
+            ),
+            default_output_limit: self.output_limit_bytes,
+            max_output_limit: self.max_output_limit_bytes.max(self.output_limit_bytes),
+            ..defaults
+        }
+    }
+
+    /// The bearer token from `--token-file` or `--token`/`AXP_TOKEN`, trimmed.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be read or the token is empty.
+    pub fn bearer_token(&self) -> anyhow::Result<Option<String>> {
+        use anyhow::Context as _;
+        let token = match (&self.token_file, &self.token) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .with_context(|| format!("could not read the token file {}", path.display()))?,
+            (None, Some(token)) => token.clone(),
+            (None, None) => return Ok(None),
+        };
+        let token = token.trim().to_owned();
+        anyhow::ensure!(!token.is_empty(), "the bearer token is empty");
+        Ok(Some(token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_agent_config_means_defaults() {
+        let options = AgentOptions::default();
+        for config in [&b""[..], b"  ", b"{}", b"null"] {
+            let exec = options.exec_options(config).unwrap();
+            assert_eq!(exec.timeout, options.default_timeout);
+            assert_eq!(exec.output_limit, options.default_output_limit);
+            assert!(!exec.reset);
+        }
+    }
+
+    #[test]
+    fn agent_config_overrides_are_validated() {
+        let options = AgentOptions::default();
+        let exec = options
+            .exec_options(br#"{"timeout_secs": 1.5, "output_limit_bytes": 100, "reset": true}"#)
+            .unwrap();
+        assert_eq!(exec.timeout, Duration::from_millis(1500));
+        assert_eq!(exec.output_limit, 100);
+        assert!(exec.reset);
+        assert!(matches!(
+            options.exec_options(br#"{"timeout_secs": 0}"#),
+            Err(ConfigError::Timeout { .. })
+        ));
+        assert!(matches!(
+            options.exec_options(br#"{"timeout_secs": 1e9}"#),
+            Err(ConfigError::Timeout { .. })
+        ));
+        assert!(matches!(
+            options.exec_options(br#"{"output_limit_bytes": 999999999999}"#),
+            Err(ConfigError::OutputLimit { .. })
+        ));
+        assert!(matches!(
+            options.exec_options(br#"{"timeout": 1}"#),
+            Err(ConfigError::Parse(_))
+        ));
+        assert!(matches!(
+            options.exec_options(b"not json"),
+            Err(ConfigError::Parse(_))
+        ));
+        assert!(matches!(
+            options.exec_options(b"[1]"),
+            Err(ConfigError::Parse(_))
+        ));
+    }
+}

@@ -1,0 +1,400 @@
+//! Turns a cell's output into AXP messages: stdout/stderr as TextContent frames split on line boundaries
+//! (joining frames with `"\n"`, as the planner does, rebuilds the output), coalesced, capped; then a summary
+//! frame and a structured `FunctionResultContent`.
+
+use std::time::{Duration, Instant};
+
+use axp_transport::{
+    content,
+    pb::{
+        Content, FunctionResultContent, Message, ToolResultContent, content as content_type,
+        function_result_content, tool_result_content,
+    },
+};
+use prost_types::{Struct, Value, value::Kind};
+
+use crate::worker::protocol::ExecuteResult;
+
+/// The `FunctionResultContent.name` of every result.
+pub const RESULT_NAME: &str = "python";
+
+/// Unsent complete lines past this size are sent without waiting for the flush interval.
+const FLUSH_BYTES: usize = 64 * 1024;
+
+/// One output stream of one execution: the bytes kept (up to the limit) and how many were sent as frames.
+#[derive(Debug, Default)]
+struct Stream {
+    kept: Vec<u8>,
+    sent: usize,
+    total: u64,
+}
+
+impl Stream {
+    /// Complete lines not yet sent, without their final newline.
+    fn take_lines(&mut self) -> Option<String> {
+        let unsent = &self.kept[self.sent..];
+        let end = unsent.iter().rposition(|&b| b == b'\n')?;
+        let text = String::from_utf8_lossy(&unsent[..end]).into_owned();
+        self.sent += end + 1;
+        Some(text)
+    }
+
+    /// Everything not yet sent (the final partial line included).
+    fn take_rest(&mut self) -> Option<String> {
+        let lines = self.take_lines();
+        let rest = (self.sent < self.kept.len()).then(|| {
+            let text = String::from_utf8_lossy(&self.kept[self.sent..]).into_owned();
+            self.sent = self.kept.len();
+            text
+        });
+        match (lines, rest) {
+            (Some(lines), Some(rest)) => Some(format!("{lines}\n{rest}")),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn pending_lines(&self) -> usize {
+        self.kept[self.sent..]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1)
+    }
+}
+
+/// Which stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// fd 1.
+    Stdout = 0,
+    /// fd 2.
+    Stderr = 1,
+}
+
+impl StreamKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+}
+
+/// Collects one execution's output and decides when to send it.
+///
+/// # Guarantees
+///
+/// Memory stays below twice the limit per stream whatever the code prints; frames carry only complete lines
+/// until [`Collector::finish`], which sends the rest.
+#[derive(Debug)]
+pub struct Collector {
+    streams: [Stream; 2],
+    limit: u64,
+    interval: Duration,
+    /// Starts at creation, so a quick cell's output and result travel in one frame.
+    last_flush: Instant,
+}
+
+impl Collector {
+    /// A collector keeping at most `limit` bytes per stream and sending at most every `interval`.
+    pub fn new(limit: u64, interval: Duration) -> Self {
+        Self {
+            streams: Default::default(),
+            limit,
+            interval,
+            last_flush: Instant::now(),
+        }
+    }
+
+    /// Adds output.
+    pub fn push(&mut self, kind: StreamKind, bytes: &[u8]) {
+        let stream = &mut self.streams[kind as usize];
+        stream.total += bytes.len() as u64;
+        let room = usize::try_from(self.limit)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(stream.kept.len());
+        stream
+            .kept
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    /// Records the worker's own byte counts (they include bytes it dropped at the limit).
+    pub fn set_totals(&mut self, stdout: u64, stderr: u64) {
+        self.streams[0].total = self.streams[0].total.max(stdout);
+        self.streams[1].total = self.streams[1].total.max(stderr);
+    }
+
+    /// When complete lines should be sent: `None` if there are none, else now or the end of the interval.
+    pub fn flush_at(&self) -> Option<Instant> {
+        let pending: usize = self.streams.iter().map(Stream::pending_lines).sum();
+        if pending == 0 {
+            return None;
+        }
+        if pending >= FLUSH_BYTES {
+            Some(Instant::now())
+        } else {
+            Some(self.last_flush + self.interval)
+        }
+    }
+
+    /// Takes the complete lines as messages (one per stream that has any).
+    pub fn flush(&mut self) -> Vec<Message> {
+        self.last_flush = Instant::now();
+        self.streams
+            .iter_mut()
+            .filter_map(Stream::take_lines)
+            .map(content::model_text)
+            .collect()
+    }
+
+    /// Takes everything left as messages, the final partial lines included.
+    fn finish(&mut self) -> Vec<Message> {
+        self.streams
+            .iter_mut()
+            .filter_map(Stream::take_rest)
+            .map(content::model_text)
+            .collect()
+    }
+
+    fn truncated(&self, kind: StreamKind) -> bool {
+        self.streams[kind as usize].total > self.limit
+    }
+
+    fn text(&self, kind: StreamKind) -> String {
+        String::from_utf8_lossy(&self.streams[kind as usize].kept).into_owned()
+    }
+
+    fn total(&self, kind: StreamKind) -> u64 {
+        self.streams[kind as usize].total
+    }
+
+    fn printed_anything(&self) -> bool {
+        self.streams.iter().any(|s| s.total > 0)
+    }
+}
+
+/// How an execution ended, from the agent's point of view.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// What the worker reported; `None` when it never finished (killed, died).
+    pub result: Option<ExecuteResult>,
+    /// The error the agent reports instead of (or over) the worker's: timeouts, deaths.
+    pub error: Option<(String, String)>,
+    /// The execution overran its timeout.
+    pub timed_out: bool,
+    /// The worker was restarted, so earlier variables are gone.
+    pub state_lost: bool,
+    /// Notes for the model ("the worker had exited since the last execution…").
+    pub notices: Vec<String>,
+    /// Wall time seen by the agent.
+    pub duration: Duration,
+    /// Cell number in this conversation (1-based).
+    pub cell: u64,
+}
+
+/// The final messages: remaining output, a summary text frame (value, traceback, truncation and restart notes)
+/// when there is something to say, and the structured result.
+pub fn finish(collector: &mut Collector, outcome: &Outcome, call_id: &str) -> Vec<Message> {
+    let mut messages = collector.finish();
+    let result = outcome.result.clone().unwrap_or_default();
+    if let Some(r) = &outcome.result {
+        collector.set_totals(r.stdout_bytes, r.stderr_bytes);
+    }
+    let (error_type, error_message, traceback) = match (&outcome.error, &result.error) {
+        (Some((t, m)), py) => {
+            let traceback = py
+                .as_ref()
+                .map(|e| e.traceback.trim_end().to_owned())
+                .unwrap_or_default();
+            (Some(t.clone()), Some(m.clone()), traceback)
+        }
+        (None, Some(e)) => (
+            Some(e.r#type.clone()),
+            Some(e.message.clone()),
+            e.traceback.trim_end().to_owned(),
+        ),
+        (None, None) => (None, None, String::new()),
+    };
+
+    let mut summary = Vec::new();
+    for kind in [StreamKind::Stdout, StreamKind::Stderr] {
+        if collector.truncated(kind) {
+            summary.push(format!(
+                "[{} truncated: showing the first {} of {} bytes]",
+                kind.name(),
+                collector.limit,
+                collector.total(kind)
+            ));
+        }
+    }
+    if let Some(value) = &result.value {
+        summary.push(if result.value_truncated {
+            format!("{value} [value truncated]")
+        } else {
+            value.clone()
+        });
+    }
+    match (&outcome.error, error_type.is_some()) {
+        (Some((t, m)), _) => {
+            if !traceback.is_empty() && outcome.result.is_some() {
+                summary.push(traceback.clone());
+            }
+            summary.push(format!("{t}: {m}"));
+        }
+        (None, true) => summary.push(traceback.clone()),
+        (None, false) => {}
+    }
+    summary.extend(outcome.notices.iter().cloned());
+    if summary.is_empty() && !collector.printed_anything() {
+        summary.push("(no output)".to_owned());
+    }
+    if !summary.is_empty() {
+        messages.push(content::model_text(summary.join("\n")));
+    }
+
+    let mut fields = std::collections::BTreeMap::new();
+    let mut put = |k: &str, v: Kind| {
+        fields.insert(k.to_owned(), Value { kind: Some(v) });
+    };
+    let string_or_null = |v: Option<String>| v.map_or(Kind::NullValue(0), Kind::StringValue);
+    put("ok", Kind::BoolValue(error_type.is_none()));
+    put("cell", Kind::NumberValue(outcome.cell as f64));
+    put(
+        "stdout",
+        Kind::StringValue(collector.text(StreamKind::Stdout)),
+    );
+    put(
+        "stderr",
+        Kind::StringValue(collector.text(StreamKind::Stderr)),
+    );
+    put(
+        "stdout_bytes",
+        Kind::NumberValue(collector.total(StreamKind::Stdout) as f64),
+    );
+    put(
+        "stderr_bytes",
+        Kind::NumberValue(collector.total(StreamKind::Stderr) as f64),
+    );
+    put(
+        "stdout_truncated",
+        Kind::BoolValue(collector.truncated(StreamKind::Stdout)),
+    );
+    put(
+        "stderr_truncated",
+        Kind::BoolValue(collector.truncated(StreamKind::Stderr)),
+    );
+    put("value", string_or_null(result.value.clone()));
+    put("value_truncated", Kind::BoolValue(result.value_truncated));
+    put("error_type", string_or_null(error_type));
+    put("error_message", string_or_null(error_message));
+    put(
+        "traceback",
+        string_or_null((!traceback.is_empty()).then_some(traceback)),
+    );
+    put("timed_out", Kind::BoolValue(outcome.timed_out));
+    put("state_lost", Kind::BoolValue(outcome.state_lost));
+    put(
+        "duration_ms",
+        Kind::NumberValue(outcome.duration.as_secs_f64() * 1000.0),
+    );
+    put(
+        "python_duration_ms",
+        Kind::NumberValue(result.duration_us as f64 / 1000.0),
+    );
+    messages.push(Message {
+        role: content::ROLE_MODEL.to_owned(),
+        content: Some(Content {
+            r#type: Some(content_type::Type::ToolResult(ToolResultContent {
+                call_id: call_id.to_owned(),
+                signature: Vec::new(),
+                r#type: Some(tool_result_content::Type::FunctionResult(
+                    FunctionResultContent {
+                        name: RESULT_NAME.to_owned(),
+                        result: Some(function_result_content::Result::Response(Struct { fields })),
+                    },
+                )),
+            })),
+        }),
+        internal_only: false,
+    });
+    messages
+}
+
+/// The structured result of an execution's outputs, if any (for clients and tests).
+pub fn structured_result(messages: &[Message]) -> Option<&Struct> {
+    messages
+        .iter()
+        .rev()
+        .find_map(|m| match m.content.as_ref()?.r#type.as_ref()? {
+            content_type::Type::ToolResult(ToolResultContent {
+                r#type:
+                    Some(tool_result_content::Type::FunctionResult(FunctionResultContent {
+                        result: Some(function_result_content::Result::Response(s)),
+                        ..
+                    })),
+                ..
+            }) => Some(s),
+            _ => None,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_hold_complete_lines_and_joining_them_rebuilds_the_output() {
+        let mut c = Collector::new(1 << 20, Duration::from_millis(25));
+        c.push(StreamKind::Stdout, b"a\nb");
+        let first = c.flush();
+        c.push(StreamKind::Stdout, b"c\n\nd\ne");
+        let second = c.flush();
+        let rest = finish(&mut c, &Outcome::default(), "x");
+        let texts: Vec<_> = first
+            .iter()
+            .chain(&second)
+            .chain(&rest)
+            .filter_map(content::text_of)
+            .collect();
+        assert_eq!(texts, ["a", "bc\n\nd", "e"]);
+        assert_eq!(texts.join("\n"), "a\nbc\n\nd\ne");
+    }
+
+    #[test]
+    fn output_past_the_limit_is_dropped_and_marked() {
+        let mut c = Collector::new(10, Duration::from_millis(25));
+        for _ in 0..1000 {
+            c.push(StreamKind::Stdout, b"0123456789\n");
+        }
+        assert!(c.streams[0].kept.len() <= 10);
+        let messages = finish(&mut c, &Outcome::default(), "x");
+        let view = content::planner_view(&messages);
+        assert!(
+            view.contains("[stdout truncated: showing the first 10 of 11000 bytes]"),
+            "{view}"
+        );
+        let result = structured_result(&messages).unwrap();
+        assert_eq!(
+            result.fields["stdout_truncated"].kind,
+            Some(Kind::BoolValue(true))
+        );
+    }
+
+    #[test]
+    fn a_silent_cell_still_gives_the_planner_a_text() {
+        let mut c = Collector::new(10, Duration::from_millis(25));
+        let messages = finish(&mut c, &Outcome::default(), "x");
+        assert_eq!(content::planner_view(&messages), "(no output)");
+    }
+
+    #[test]
+    fn flushes_are_coalesced_to_the_interval() {
+        let mut c = Collector::new(1 << 20, Duration::from_secs(10));
+        assert!(c.flush_at().is_none());
+        c.push(StreamKind::Stdout, b"1\n");
+        assert!(c.flush_at().unwrap() > Instant::now() + Duration::from_secs(5));
+        c.flush();
+        c.push(StreamKind::Stdout, &vec![b'x'; FLUSH_BYTES]);
+        c.push(StreamKind::Stdout, b"\n");
+        assert!(c.flush_at().unwrap() <= Instant::now());
+    }
+}

@@ -1,0 +1,134 @@
+# The Python half of the worker: runs cells in a persistent namespace, notebook style.
+# Loaded once per worker process; `_axp_run` is called once per execution.
+import ast
+import builtins
+import io
+import linecache
+import os
+import signal
+import sys
+import traceback
+import types
+
+_DRIVER = "<axp-driver>"
+_ns = None
+_streams = {}
+
+
+def _axp_fresh():
+    """Starts an empty `__main__` namespace (what `reset` and a new worker give)."""
+    global _ns
+    main = types.ModuleType("__main__")
+    main.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = main
+    _ns = main.__dict__
+
+
+def _axp_stream(fd):
+    # Line-buffered: a print loop reaches the pipe line by line, not byte by byte.
+    return io.TextIOWrapper(
+        io.FileIO(fd, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+    )
+
+
+def _axp_install_streams():
+    """Gives the cell working sys.stdout/sys.stderr even if an earlier cell closed or replaced them."""
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        stream = _streams.get(name)
+        if stream is None or stream.closed:
+            stream = _streams[name] = _axp_stream(fd)
+        setattr(sys, name, stream)
+        setattr(sys, "__" + name + "__", stream)
+
+
+def _axp_flush():
+    for stream in (sys.stdout, sys.stderr, _streams.get("stdout"), _streams.get("stderr")):
+        try:
+            if stream is not None and not stream.closed:
+                stream.flush()
+        except BaseException:
+            pass
+
+
+def _axp_describe(exc):
+    """(type name, message, traceback text) with the driver's own frames removed."""
+    try:
+        name = type(exc).__name__
+        try:
+            message = str(exc)
+        except BaseException:
+            message = "<exception str() failed>"
+        if isinstance(exc, SyntaxError):
+            text = "".join(traceback.format_exception_only(type(exc), exc))
+        else:
+            te = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+            te.stack = traceback.StackSummary.from_list(
+                [frame for frame in te.stack if frame.filename != _DRIVER]
+            )
+            text = "".join(te.format())
+        return (name, message, text)
+    except BaseException:
+        return (type(exc).__name__, "", type(exc).__name__ + "\n")
+
+
+def _axp_run(source, filename, reset, value_limit):
+    """Runs one cell; returns (value repr or None, value truncated, error triple or None)."""
+    if reset or _ns is None:
+        _axp_fresh()
+    _axp_install_streams()
+    # An earlier cell may have ignored SIGINT; the agent relies on it to interrupt a cell at its timeout.
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    value = None
+    error = None
+    try:
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        tree = ast.parse(source, filename, "exec")
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        exec(compile(tree, filename, "exec"), _ns)
+        if last is not None:
+            result = eval(compile(last, filename, "eval"), _ns)
+            if result is not None:
+                _ns["_"] = result
+                value = repr(result)
+    except BaseException as exc:
+        error = _axp_describe(exc)
+        exc = None
+    finally:
+        _axp_flush()
+    truncated = False
+    if value is not None and len(value) > value_limit:
+        value = value[:value_limit]
+        truncated = True
+    return (value, truncated, error)
+
+
+_BLOCKED = {"os.fork", "os.forkpty"}
+_BLOCKED_SUBPROCESS = {"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "pty.spawn"}
+
+
+def _axp_setup(block_subprocess):
+    """Once per worker: signals, the audit hook, argv and executable, the first namespace."""
+    # SIGINT from the agent interrupts a cell that overran its timeout (KeyboardInterrupt), so the
+    # namespace survives when the code yields to the interpreter; the agent kills the worker otherwise.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    blocked = frozenset(_BLOCKED | (_BLOCKED_SUBPROCESS if block_subprocess else set()))
+
+    def audit(event, args):
+        if event in blocked:
+            raise PermissionError(f"{event} is not allowed in this sandbox")
+
+    sys.addaudithook(audit)
+    sys.argv = [""]
+    candidate = os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])
+    if os.path.exists(candidate):
+        sys.executable = candidate
+    sys.dont_write_bytecode = True
+    _axp_fresh()
+    _axp_install_streams()
+    return (sys.version, sys.prefix, sys.executable)

@@ -1,0 +1,447 @@
+//! The agent's side of a worker: spawn it, wait for `Ready`, send cells, read events, interrupt, kill.
+
+use std::{
+    collections::VecDeque,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+        unix::process::ExitStatusExt as _,
+    },
+    path::PathBuf,
+    process::{ExitStatus, Stdio},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    process::{Child, ChildStdin, ChildStdout, Command},
+    sync::mpsc,
+};
+
+use super::{
+    child::Limits,
+    protocol::{self, ExecuteRequest, ExecuteResult, Frame, Kind, WorkerInfo},
+};
+
+/// How workers are started.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The agent binary, run as `<binary> worker …`.
+    pub binary: PathBuf,
+    /// Limits the worker applies to itself.
+    pub limits: Limits,
+    /// How long the interpreter may take to come up.
+    pub startup_timeout: Duration,
+    /// Environment variables removed from the worker's environment (secrets such as the bearer token).
+    pub scrub_env: Vec<String>,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            // The running binary is the agent in every real deployment; tests set their own.
+            binary: std::env::current_exe()
+                .unwrap_or_else(|_| PathBuf::from("python-sandbox-agent")),
+            limits: Limits {
+                // Generous for data work, small enough that a memory bomb fails fast with MemoryError.
+                memory_bytes: Some(2 << 30),
+                open_files: 1024,
+                // Stops a disk bomb filling the pod's ephemeral storage.
+                file_size_bytes: Some(1 << 30),
+                block_subprocess: false,
+            },
+            // Interpreter start is ~20 ms warm; allow for a cold page cache on a busy node.
+            startup_timeout: Duration::from_secs(30),
+            scrub_env: Vec::new(),
+        }
+    }
+}
+
+/// Why a worker could not be started or talked to.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The process could not be spawned.
+    #[error("could not spawn the Python worker process")]
+    Spawn(#[source] std::io::Error),
+    /// The worker reported that it cannot start.
+    #[error("the Python worker failed to start: {0}")]
+    Fatal(String),
+    /// The worker exited before it was ready.
+    #[error("the Python worker exited before it was ready ({0})")]
+    ExitedEarly(String),
+    /// The worker did not say `Ready` in time.
+    #[error("the Python worker did not start within {0:?}")]
+    StartTimeout(Duration),
+    /// The worker's greeting was malformed.
+    #[error("the Python worker sent a malformed greeting")]
+    BadGreeting(#[source] protocol::Error),
+    /// Writing a request to the worker failed (it has died).
+    #[error("could not send the request to the Python worker")]
+    Send(#[source] std::io::Error),
+}
+
+/// What the worker reported, in order.
+#[derive(Debug)]
+pub enum Event {
+    /// Bytes written to stdout.
+    Stdout(Vec<u8>),
+    /// Bytes written to stderr.
+    Stderr(Vec<u8>),
+    /// The execution finished.
+    Done(ExecuteResult),
+    /// The worker process ended; the text says how ("exit status 3", "signal SIGSEGV (segmentation fault)").
+    Died(String),
+}
+
+/// A running worker process.
+///
+/// # Guarantees
+///
+/// Dropping a `Worker` kills its whole process group (the worker and anything it spawned) with SIGKILL.
+#[derive(Debug)]
+pub struct Worker {
+    child: Child,
+    pid: i32,
+    stdin: ChildStdin,
+    frames: mpsc::Receiver<Result<Frame, protocol::Error>>,
+    info: WorkerInfo,
+    dead: Option<String>,
+    /// Our copies of the capture pipes' read ends: what a dying worker wrote but never forwarded is read here.
+    capture: [OwnedFd; 2],
+    /// Events recovered after the worker died, delivered before [`Event::Died`].
+    recovered: VecDeque<Event>,
+}
+
+impl Worker {
+    /// Starts a worker and waits until its interpreter is up.
+    ///
+    /// # Errors
+    ///
+    /// [`Error`] when it cannot be spawned, fails to start, or is not ready in time.
+    pub async fn spawn(options: &WorkerOptions) -> Result<Self, Error> {
+        let mut command = Command::new(&options.binary);
+        command
+            .arg("worker")
+            .arg("--open-files")
+            .arg(options.limits.open_files.to_string());
+        if let Some(bytes) = options.limits.memory_bytes {
+            command.arg("--memory-limit-bytes").arg(bytes.to_string());
+        }
+        if let Some(bytes) = options.limits.file_size_bytes {
+            command
+                .arg("--file-size-limit-bytes")
+                .arg(bytes.to_string());
+        }
+        if options.limits.block_subprocess {
+            command.arg("--block-subprocess");
+        }
+        command.arg("--inherited-pipes");
+        let (stdout_pipe, stderr_pipe) =
+            (pipe().map_err(Error::Spawn)?, pipe().map_err(Error::Spawn)?);
+        let passed: [RawFd; 4] = [
+            stdout_pipe.0.as_raw_fd(),
+            stderr_pipe.0.as_raw_fd(),
+            stdout_pipe.1.as_raw_fd(),
+            stderr_pipe.1.as_raw_fd(),
+        ];
+        for name in &options.scrub_env {
+            command.env_remove(name);
+        }
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                // Capture pipes to fds 3..=6 (via high fds first, so no dup2 clobbers a source).
+                let mut high = [0; 4];
+                for (slot, fd) in high.iter_mut().zip(passed) {
+                    *slot = libc::fcntl(fd, libc::F_DUPFD, 64);
+                    if *slot < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (target, fd) in super::child::INHERITED_PIPES.into_iter().zip(high) {
+                    if libc::dup2(fd, target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(fd);
+                }
+                // Own process group: a kill reaches whatever the snippet spawned, too.
+                libc::setpgid(0, 0);
+                // Die with the agent, never outlive it as an orphan running user code.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(Error::Spawn)?;
+        // The write ends now live only in the worker (and what it spawns).
+        drop((stdout_pipe.1, stderr_pipe.1));
+        let pid = child.id().map(|p| p as i32).unwrap_or_default();
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, mut frames) = mpsc::channel(64);
+        tokio::spawn(read_frames(stdout, tx));
+
+        let greeting = tokio::time::timeout(options.startup_timeout, frames.recv()).await;
+        let mut worker = Self {
+            child,
+            pid,
+            stdin,
+            frames,
+            info: WorkerInfo {
+                version: String::new(),
+                prefix: String::new(),
+                executable: String::new(),
+                pid: pid as u32,
+            },
+            dead: None,
+            capture: [stdout_pipe.0, stderr_pipe.0],
+            recovered: VecDeque::new(),
+        };
+        match greeting {
+            Err(_) => Err(Error::StartTimeout(options.startup_timeout)),
+            Ok(Some(Ok(frame))) if frame.kind == Kind::Ready => {
+                worker.info = frame.json().map_err(Error::BadGreeting)?;
+                Ok(worker)
+            }
+            Ok(Some(Ok(frame))) if frame.kind == Kind::Fatal => Err(Error::Fatal(
+                String::from_utf8_lossy(&frame.payload).into_owned(),
+            )),
+            Ok(Some(Ok(frame))) => Err(Error::Fatal(format!(
+                "unexpected first frame {:?}",
+                frame.kind
+            ))),
+            Ok(Some(Err(error))) => Err(Error::BadGreeting(error)),
+            Ok(None) => {
+                let status = worker.wait_exit().await;
+                Err(Error::ExitedEarly(status))
+            }
+        }
+    }
+
+    /// Which Python the worker runs.
+    pub fn info(&self) -> &WorkerInfo {
+        &self.info
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Whether the process has exited (between executions, say); returns how.
+    pub fn exited(&mut self) -> Option<String> {
+        if let Some(dead) = &self.dead {
+            return Some(dead.clone());
+        }
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                let text = describe_exit(status);
+                self.dead = Some(text.clone());
+                Some(text)
+            }
+            _ => None,
+        }
+    }
+
+    /// Sends one cell to run.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Send`] when the worker is gone.
+    pub async fn send(&mut self, request: &ExecuteRequest) -> Result<(), Error> {
+        let frame = protocol::encode_json(Kind::Execute, request);
+        self.stdin.write_all(&frame).await.map_err(Error::Send)
+    }
+
+    /// The next event. Cancel-safe.
+    pub async fn next_event(&mut self) -> Event {
+        if let Some(event) = self.recovered.pop_front() {
+            return event;
+        }
+        if let Some(dead) = &self.dead {
+            return Event::Died(dead.clone());
+        }
+        loop {
+            match self.frames.recv().await {
+                Some(Ok(frame)) => match frame.kind {
+                    Kind::Stdout => return Event::Stdout(frame.payload),
+                    Kind::Stderr => return Event::Stderr(frame.payload),
+                    Kind::Done => match frame.json() {
+                        Ok(result) => return Event::Done(result),
+                        Err(error) => {
+                            tracing::warn!(%error, "malformed Done frame from the worker")
+                        }
+                    },
+                    other => tracing::debug!(kind = ?other, "ignoring a frame from the worker"),
+                },
+                // A broken pipe or a closed one: the worker is gone or unusable.
+                Some(Err(_)) | None => {
+                    let status = self.wait_exit().await;
+                    self.recover_output();
+                    self.recovered.push_back(Event::Died(status));
+                    return self.recovered.pop_front().expect("just pushed");
+                }
+            }
+        }
+    }
+
+    async fn wait_exit(&mut self) -> String {
+        if let Some(dead) = &self.dead {
+            return dead.clone();
+        }
+        // The pipe closed; the process may still be running (it closed fd 1 of the protocol?): make sure.
+        let status = match tokio::time::timeout(Duration::from_millis(500), self.child.wait()).await
+        {
+            Ok(Ok(status)) => describe_exit(status),
+            _ => {
+                self.kill_group();
+                match self.child.wait().await {
+                    Ok(status) => describe_exit(status),
+                    Err(error) => format!("unknown exit ({error})"),
+                }
+            }
+        };
+        self.kill_group();
+        self.dead = Some(status.clone());
+        status
+    }
+
+    /// Asks the running cell to stop: SIGINT to the worker's main thread, which raises `KeyboardInterrupt` in
+    /// Python code (and interrupts `time.sleep`). Code that swallows it or sits in C needs [`Worker::kill`].
+    pub fn interrupt(&self) {
+        if self.dead.is_none() && self.pid > 0 {
+            // SAFETY: tgkill to the worker's main thread (its tid is its pid).
+            unsafe { libc::syscall(libc::SYS_tgkill, self.pid, self.pid, libc::SIGINT) };
+        }
+    }
+
+    /// Kills the worker and everything in its process group, and reaps it.
+    pub async fn kill(&mut self) -> String {
+        self.kill_group();
+        let status = match self.child.wait().await {
+            Ok(status) => describe_exit(status),
+            Err(error) => format!("unknown exit ({error})"),
+        };
+        self.dead.get_or_insert(status).clone()
+    }
+
+    /// Reads what the dead worker left in the capture pipes (it wrote it, but its pump never forwarded it).
+    fn recover_output(&mut self) {
+        const MAX: usize = 8 << 20;
+        let mut buf = vec![0u8; 64 * 1024];
+        for (index, fd) in self.capture.iter().enumerate() {
+            let mut total = 0;
+            while total < MAX {
+                // SAFETY: reading into a valid buffer from our own non-blocking pipe read end.
+                let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    break;
+                }
+                let bytes = buf[..n as usize].to_vec();
+                total += bytes.len();
+                self.recovered.push_back(if index == 0 {
+                    Event::Stdout(bytes)
+                } else {
+                    Event::Stderr(bytes)
+                });
+            }
+        }
+    }
+
+    fn kill_group(&self) {
+        if self.pid > 0 {
+            // SAFETY: signalling our own child's process group.
+            unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill_group();
+    }
+}
+
+/// A close-on-exec pipe: (read end, write end). The read end is made non-blocking.
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds we then own.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Only the read end is non-blocking: writers (the user's code) must block on a full pipe.
+        let flags = libc::fcntl(fds[1], libc::F_GETFL);
+        libc::fcntl(fds[1], libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
+}
+
+/// Reads frames from the worker into a channel, so receiving is cancel-safe.
+async fn read_frames(stdout: ChildStdout, tx: mpsc::Sender<Result<Frame, protocol::Error>>) {
+    let mut reader = BufReader::with_capacity(64 * 1024, stdout);
+    loop {
+        let mut head = [0u8; 5];
+        if reader.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let frame = match protocol::parse_header(head) {
+            Ok((len, kind)) => {
+                let mut payload = vec![0; len - 1];
+                match reader.read_exact(&mut payload).await {
+                    Ok(_) => Ok(Frame { kind, payload }),
+                    Err(error) => Err(protocol::Error::Io(error)),
+                }
+            }
+            Err(error) => Err(error),
+        };
+        let failed = frame.is_err();
+        if tx.send(frame).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// "exit status 3", "signal SIGSEGV (segmentation fault)".
+pub fn describe_exit(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    match status.signal() {
+        Some(signal) => {
+            let name = nix::sys::signal::Signal::try_from(signal)
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_else(|_| format!("signal {signal}"));
+            let why = match signal {
+                libc::SIGSEGV => " (segmentation fault)",
+                libc::SIGBUS => " (bus error)",
+                libc::SIGABRT => " (aborted)",
+                libc::SIGXCPU => " (CPU time limit exceeded)",
+                libc::SIGKILL => " (killed: the timeout, or out of memory)",
+                libc::SIGFPE => " (arithmetic fault)",
+                libc::SIGILL => " (illegal instruction)",
+                _ => "",
+            };
+            format!("signal {name}{why}")
+        }
+        None => "unknown exit".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_are_described_for_the_model() {
+        assert_eq!(describe_exit(ExitStatus::from_raw(3 << 8)), "exit status 3");
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(libc::SIGSEGV)),
+            "signal SIGSEGV (segmentation fault)"
+        );
+        assert!(describe_exit(ExitStatus::from_raw(libc::SIGKILL)).contains("out of memory"));
+    }
+}
