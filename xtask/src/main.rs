@@ -3,8 +3,13 @@
 //! Each task lives in its own module and is plain Rust: no shell scripts to
 //! keep in sync with CI.
 
+mod bench;
+mod demo;
+mod e2e;
+mod image;
 mod test;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -19,13 +24,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// The main job: a scripted conversation on an embedded fake cluster (or, with
+    /// `-- --kubeconfig …`, a real one).
+    Demo(demo::Demo),
     /// Build what the tests spawn, then run every test in the workspace.
     Test(test::Test),
+    /// Speed and memory figures, measured side by side (release build).
+    Bench(bench::Bench),
+    /// Build the reference agent's container image without a daemon or a base image (OCI layout + docker-archive).
+    Image(image::Image),
+    /// Run the whole pipeline on a real kind cluster (needs kind, docker or podman, kubectl).
+    E2e(e2e::E2e),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
+        Task::Demo(task) => task.run(),
         Task::Test(task) => task.run(),
+        Task::Bench(task) => task.run(),
+        Task::Image(task) => task.run().map(drop),
+        Task::E2e(task) => task.run(),
     }
 }
 
@@ -35,4 +53,18 @@ fn workspace_root() -> std::path::PathBuf {
         .parent()
         .expect("xtask sits inside the workspace")
         .to_path_buf()
+}
+
+/// Cargo's target directory, wherever `CARGO_TARGET_DIR` or a config file puts it.
+fn target_dir() -> anyhow::Result<std::path::PathBuf> {
+    let metadata = duct::cmd!("cargo", "metadata", "--format-version", "1", "--no-deps")
+        .dir(workspace_root())
+        .read()
+        .context("running cargo metadata")?;
+    let metadata: serde_json::Value =
+        serde_json::from_str(&metadata).context("parsing cargo metadata")?;
+    metadata["target_directory"]
+        .as_str()
+        .map(Into::into)
+        .context("cargo metadata has no target_directory")
 }
