@@ -30,13 +30,13 @@ impl Bench {
         .dir(&root)
         .run()
         .context("building the release binaries")?;
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        cmd(target.join("release").join("bench"), &self.args)
-            .dir(&root)
-            .run()
-            .context("the benchmark suite failed")?;
+        cmd(
+            super::target_dir()?.join("release").join("bench"),
+            &self.args,
+        )
+        .dir(&root)
+        .run()
+        .context("the benchmark suite failed")?;
         Ok(())
     }
 }

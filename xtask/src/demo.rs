@@ -34,10 +34,7 @@ impl Demo {
             .run()
             .context("building the reference agent and the demo")?;
         let profile = if self.release { "release" } else { "debug" };
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        let demo = target.join(profile).join("demo");
+        let demo = super::target_dir()?.join(profile).join("demo");
         // The demo's own exit status (130 on Ctrl-C) becomes ours.
         let status = cmd(&demo, &self.args)
             .dir(&root)

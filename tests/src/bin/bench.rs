@@ -6,7 +6,6 @@
 
 use std::{
     path::Path,
-    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -20,6 +19,7 @@ use sandbox_claim::{
     testing::{FakeCluster, FakeClusterOptions, LoopbackRuntime, ReadyMode, Verb},
 };
 use serde_json::json;
+use tokio::process::Command;
 
 #[derive(Parser)]
 #[command(about = "Measure AXP, agent and claim-lifecycle speed and memory")]
@@ -88,7 +88,10 @@ fn start(code: &str) -> AgentStart {
     }
 }
 
-#[tokio::main]
+// One thread, as a latency-sensitive client would run its hot path: on two
+// cores, cross-thread wake-ups of a multi-threaded runtime cost more than the
+// work being measured.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let binary = pipeline::agent_binary();
@@ -103,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
     println!("\n1. One trivial execution, print(7*6), end to end");
     let axp = axp_round_trip(&binary, cli.iterations).await?;
     let dial = dial_per_call(&binary, cli.iterations / 10).await?;
-    let spawn = python_c(cli.spawns)?;
+    let spawn = python_c(cli.spawns).await?;
     for series in [&axp, &dial, &spawn] {
         series.print();
     }
@@ -127,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
     for (label, (series, requests)) in [("ready after 10 ms", &fast), ("ready after 1 s", &slow)] {
         series.print();
         println!(
-            "    {label}: {requests:.1} API requests per claim (client side: create, watch, get, delete)"
+            "    {label}: {requests:.1} API requests per claim on sandboxclaims (create, watch, get, delete)"
         );
     }
     println!(
@@ -218,14 +221,23 @@ async fn dial_per_call(binary: &Path, iterations: usize) -> anyhow::Result<Serie
     })
 }
 
-/// The Go reference agent's way: a new `python3 -c` per request.
-fn python_c(spawns: usize) -> anyhow::Result<Series> {
+/// The Go reference agent's way: a new `python3 -c` per request. The
+/// interpreter's real path is used, not a version-manager shim, so the
+/// baseline is as fast as it can be.
+async fn python_c(spawns: usize) -> anyhow::Result<Series> {
+    let executable = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .await
+        .context("running python3")?;
+    let executable = String::from_utf8(executable.stdout)?.trim().to_owned();
     let mut samples = Vec::with_capacity(spawns);
     for _ in 0..spawns.max(5) {
         let begun = Instant::now();
-        let output = Command::new("python3")
+        let output = Command::new(&executable)
             .args(["-c", "print(7*6)"])
-            .output()?;
+            .output()
+            .await?;
         samples.push(begun.elapsed());
         anyhow::ensure!(output.status.success() && output.stdout.starts_with(b"42"));
     }
@@ -275,8 +287,8 @@ async fn claim_lifecycle(claims: usize, ready_after: Duration) -> anyhow::Result
         claims_api.release(&conversation).await?;
         samples.push(begun.elapsed());
     }
-    // The simulated controller's own claim requests (its watch, status patches)
-    // are part of the count too: they are the same for every claim.
+    // Only the client's requests on `sandboxclaims`: the simulated controller's
+    // status writes go to `sandboxclaims/status` and its watch is opened once.
     let per_claim = (client_requests(server) - before) as f64 / samples.len() as f64;
     let name = if ready_after < Duration::from_millis(100) {
         "acquire + release, ready after 10 ms"
