@@ -88,14 +88,14 @@ pub enum SandboxAgentError {
     Claim {
         claim: String,
         #[source]
-        source: sandbox_claim::Error,
+        source: Box<sandbox_claim::Error>,
     },
     /// The claimed sandbox did not become Ready.
     #[error("sandbox for claim {claim} did not become ready")]
     Wait {
         claim: String,
         #[source]
-        source: sandbox_claim::Error,
+        source: Box<sandbox_claim::Error>,
     },
     /// The agent could not be reached, even after re-resolving the claim.
     #[error("could not reach the agent of claim {claim} at {endpoint}")]
@@ -103,7 +103,7 @@ pub enum SandboxAgentError {
         claim: String,
         endpoint: String,
         #[source]
-        source: ClientError,
+        source: Box<ClientError>,
     },
     /// The call failed after it had started; it was not retried.
     #[error("agent of claim {claim} at {endpoint} failed after {outputs} output frame(s)")]
@@ -112,14 +112,14 @@ pub enum SandboxAgentError {
         endpoint: String,
         outputs: usize,
         #[source]
-        source: ClientError,
+        source: Box<ClientError>,
     },
     /// Giving the sandbox back failed.
     #[error("could not release the sandbox of conversation {conversation}")]
     Release {
         conversation: String,
         #[source]
-        source: sandbox_claim::Error,
+        source: Box<sandbox_claim::Error>,
     },
 }
 
@@ -222,7 +222,7 @@ impl AgentSandboxAgent {
                     sandbox_claim::Error::Detect(source) => SandboxAgentError::Detect(source),
                     other => SandboxAgentError::Claim {
                         claim: "-".into(),
-                        source: other,
+                        source: Box::new(other),
                     },
                 })?;
         Ok(Self::with_claims(claims, options))
@@ -437,7 +437,7 @@ impl AgentSandboxAgent {
                     return Err(SandboxAgentError::Connect {
                         claim: current.handle.claim_name,
                         endpoint: current.address,
-                        source,
+                        source: Box::new(source),
                     });
                 }
                 Err(CallFailure::AfterOutput { frames, source }) => {
@@ -447,7 +447,7 @@ impl AgentSandboxAgent {
                         claim: current.handle.claim_name,
                         endpoint: current.address,
                         outputs: frames,
-                        source,
+                        source: Box::new(source),
                     });
                 }
             }
@@ -509,7 +509,7 @@ impl AgentSandboxAgent {
             SandboxAgentError::Connect {
                 claim: handle.claim_name.clone(),
                 endpoint: address.clone(),
-                source,
+                source: Box::new(source),
             }
         })?;
         Ok(Endpoint {
@@ -613,7 +613,7 @@ impl AgentSandboxAgent {
             .await
             .map_err(|source| SandboxAgentError::Release {
                 conversation: conversation_id.to_owned(),
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -663,9 +663,15 @@ fn retryable_before_output(error: &ClientError) -> bool {
 
 fn claim_error(claim: String, source: sandbox_claim::Error) -> SandboxAgentError {
     if source.wait_error().is_some() {
-        SandboxAgentError::Wait { claim, source }
+        SandboxAgentError::Wait {
+            claim,
+            source: Box::new(source),
+        }
     } else {
-        SandboxAgentError::Claim { claim, source }
+        SandboxAgentError::Claim {
+            claim,
+            source: Box::new(source),
+        }
     }
 }
 
