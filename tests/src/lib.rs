@@ -68,7 +68,6 @@ pub fn agent_binary() -> PathBuf {
 pub struct LocalAgentRuntime {
     binary: PathBuf,
     args: Vec<String>,
-    next: AtomicU32,
     base: u32,
     pods: Mutex<HashMap<(String, String), LocalAgent>>,
     started: AtomicU32,
@@ -85,7 +84,6 @@ impl LocalAgentRuntime {
         Self {
             binary,
             args: args.into_iter().map(Into::into).collect(),
-            next: AtomicU32::new(0),
             // 127.1.0.0 upwards: leaves 127.0.0.x to everything else on the machine.
             base: (1 << 16) + (std::process::id() % 128) * 4096,
             pods: Mutex::new(HashMap::new()),
@@ -94,7 +92,11 @@ impl LocalAgentRuntime {
     }
 
     fn next_ip(&self) -> IpAddr {
-        let n = self.base + self.next.fetch_add(1, Ordering::Relaxed) % 4096;
+        // One counter for the whole process: an address is never handed out twice
+        // (up to 4096 pods), so a stale endpoint of one test can never reach the
+        // agent of another test running beside it.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = self.base + NEXT.fetch_add(1, Ordering::Relaxed) % 4096;
         // Host parts .0 and .255 are avoided; 127.0.0.0/8 is all loopback on Linux.
         let host = (n % 254) + 1;
         let subnet = n / 254;

@@ -394,6 +394,9 @@ impl AgentSandboxAgent {
         started: Instant,
     ) -> Result<ExecutionReport, SandboxAgentError> {
         let mut claim_to_ready = Duration::ZERO;
+        // A known endpoint may be stale: its pod may be gone, and in a real cluster
+        // its IP may already belong to another conversation's sandbox.
+        let reused = endpoint.is_some();
         if endpoint.is_none() {
             let handle = self.acquire(conversation_id).await?;
             claim_to_ready = started.elapsed();
@@ -417,7 +420,7 @@ impl AgentSandboxAgent {
                     return Ok(report);
                 }
                 Err(CallFailure::BeforeOutput(source))
-                    if !re_resolved && retryable_before_output(&source) =>
+                    if !re_resolved && retryable_before_output(&source, reused) =>
                 {
                     tracing::warn!(
                         conversation_id,
@@ -651,14 +654,17 @@ enum CallFailure {
 }
 
 /// Failures worth one re-resolve: the agent could not be reached, or its
-/// connection broke before it said anything. An agent's own refusal
-/// (INVALID_ARGUMENT, PERMISSION_DENIED, …) is final.
-fn retryable_before_output(error: &ClientError) -> bool {
+/// connection broke before it said anything. On a reused endpoint,
+/// PERMISSION_DENIED also means "wrong sandbox": the pod IP now belongs to
+/// another conversation's pinned agent. Any other refusal of the agent's
+/// (INVALID_ARGUMENT, …) is final.
+fn retryable_before_output(error: &ClientError, reused_endpoint: bool) -> bool {
     error.is_connect_failure()
         || matches!(
             error.code(),
             Some(tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
         )
+        || (reused_endpoint && error.code() == Some(tonic::Code::PermissionDenied))
 }
 
 fn claim_error(claim: String, source: sandbox_claim::Error) -> SandboxAgentError {

@@ -94,8 +94,12 @@ impl Agent for PodAgent {
 }
 
 /// Pods are in-process AXP servers on their own loopback address.
+/// One counter for the whole test binary: an address is never reused, so a
+/// stale endpoint of one test cannot reach another test's agent.
+static NEXT_ADDRESS: AtomicU32 = AtomicU32::new(0);
+
 struct ServingRuntime {
-    next: AtomicU32,
+    base: u32,
     behaviour: Behaviour,
     pods: Mutex<HashMap<String, (IpAddr, oneshot::Sender<()>)>>,
     started: AtomicU32,
@@ -107,7 +111,7 @@ impl ServingRuntime {
     fn new(behaviour: Behaviour) -> Arc<Self> {
         Arc::new(Self {
             // Spread test binaries and tests over 127.2.x.x so parallel runs do not collide.
-            next: AtomicU32::new((std::process::id() % 200) * 250),
+            base: (std::process::id() % 200) * 250,
             behaviour,
             pods: Mutex::new(HashMap::new()),
             started: AtomicU32::new(0),
@@ -129,31 +133,14 @@ impl ServingRuntime {
 
     async fn serve(&self, request: &PodRequest) -> Result<PodStarted, PodRuntimeError> {
         for _ in 0..8 {
-            let n = self.next.fetch_add(1, Ordering::SeqCst) % 60_000;
+            let n = (self.base + NEXT_ADDRESS.fetch_add(1, Ordering::SeqCst)) % 60_000;
             let ip = IpAddr::V4(Ipv4Addr::new(127, 2, (n / 250) as u8, (n % 250 + 1) as u8));
-            let address = SocketAddr::new(ip, PORT);
-            let Ok(listener) = tokio::net::TcpListener::bind(address).await else {
+            let Some(stop) = self
+                .serve_at(SocketAddr::new(ip, PORT), self.behaviour)
+                .await
+            else {
                 continue;
             };
-            let agent = PodAgent {
-                address,
-                turns: Mutex::new(HashMap::new()),
-                behaviour: self.behaviour,
-                executions: self.executions.clone(),
-                metadata: self.metadata.clone(),
-            };
-            let server = AgentServer::new(
-                agent,
-                ServerOptions {
-                    grace_period: Duration::from_millis(100),
-                    ..ServerOptions::default()
-                },
-            );
-            server.health().set_serving().await;
-            let (stop, stopped) = oneshot::channel::<()>();
-            tokio::spawn(server.serve(listener, async move {
-                let _ = stopped.await;
-            }));
             self.started.fetch_add(1, Ordering::SeqCst);
             self.pods
                 .lock()
@@ -167,6 +154,35 @@ impl ServingRuntime {
         Err(PodRuntimeError {
             message: "no free loopback address".into(),
         })
+    }
+
+    /// Serves an agent at `address`; `None` when the address is taken.
+    async fn serve_at(
+        &self,
+        address: SocketAddr,
+        behaviour: Behaviour,
+    ) -> Option<oneshot::Sender<()>> {
+        let listener = tokio::net::TcpListener::bind(address).await.ok()?;
+        let agent = PodAgent {
+            address,
+            turns: Mutex::new(HashMap::new()),
+            behaviour,
+            executions: self.executions.clone(),
+            metadata: self.metadata.clone(),
+        };
+        let server = AgentServer::new(
+            agent,
+            ServerOptions {
+                grace_period: Duration::from_millis(100),
+                ..ServerOptions::default()
+            },
+        );
+        server.health().set_serving().await;
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(server.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Some(stop)
     }
 }
 
@@ -443,6 +459,45 @@ async fn a_crashed_pod_is_re_resolved_once_and_the_execution_retried() {
         content::planner_view(&seen).starts_with("turn 1"),
         "a new pod has no state"
     );
+}
+
+#[tokio::test]
+async fn a_reused_pod_ip_now_serving_another_conversation_is_re_resolved() {
+    let setup = setup(Behaviour::Count, 0).await;
+    let agent = backend(&setup).await;
+    let mut seen = Vec::new();
+    let first = agent
+        .connect("conv", "e1", start(), |b| seen.extend(b))
+        .await
+        .unwrap();
+
+    // The pod moves to a new IP, and its old IP goes to another conversation's
+    // pinned agent, which refuses strangers.
+    setup
+        .cluster
+        .replace_pod(&first.sandbox.sandbox_name)
+        .await
+        .unwrap();
+    let old = SocketAddr::new(first.sandbox.pod_ip, PORT);
+    let mut squatter = None;
+    for _ in 0..100 {
+        squatter = setup.runtime.serve_at(old, Behaviour::Refuse).await;
+        if squatter.is_some() {
+            break;
+        }
+        // The replaced pod's server is still draining its port.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _squatter = squatter.expect("the old address frees up");
+
+    let mut seen = Vec::new();
+    let second = agent
+        .connect("conv", "e2", start(), |b| seen.extend(b))
+        .await
+        .unwrap();
+    assert!(second.re_resolved);
+    assert_ne!(second.sandbox.pod_ip, first.sandbox.pod_ip);
+    assert!(content::planner_view(&seen).starts_with("turn 1"));
 }
 
 #[tokio::test]
