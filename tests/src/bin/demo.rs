@@ -62,19 +62,29 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    // Ctrl-C before the conversation starts drops `run`, and with it the fake
-    // cluster and every agent process; during the conversation, `run` itself
-    // releases the claim first.
-    tokio::select! {
-        result = run(cli) => result,
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("interrupted while starting; nothing was claimed");
-            std::process::exit(130);
+    // One listener for Ctrl-C, read by each phase: while starting, `run` stops
+    // (dropping the fake cluster kills every agent process); during the
+    // conversation, it stops the conversation and still releases the claim.
+    let (interrupt, interrupted) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = interrupt.send(true);
         }
+    });
+    let result = run(cli, interrupted.clone()).await;
+    if *interrupted.borrow() {
+        eprintln!("interrupted; everything the demo started was cleaned up");
+        std::process::exit(130);
     }
+    result
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Resolves once Ctrl-C was pressed.
+async fn on_interrupt(mut interrupted: tokio::sync::watch::Receiver<bool>) {
+    let _ = interrupted.wait_for(|pressed| *pressed).await;
+}
+
+async fn run(cli: Cli, interrupted: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
     let clock = Instant::now();
 
     // The embedded cluster lives until the end of main; dropping it stops the
@@ -91,7 +101,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             kube::Client::try_from(config).context("building a Kubernetes client")?
         }
         None => {
-            let pipeline = start_embedded(&cli, &clock).await?;
+            let pipeline = tokio::select! {
+                pipeline = start_embedded(&cli, &clock) => pipeline?,
+                () = on_interrupt(interrupted.clone()) => anyhow::bail!("interrupted while starting"),
+            };
             let client = pipeline.cluster.client();
             embedded = Some(pipeline);
             client
@@ -116,7 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let conversation = format!("demo-{}", std::process::id());
     let outcome = tokio::select! {
         outcome = converse(&agent, &conversation, &clock) => outcome,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        () = on_interrupt(interrupted) => Err(anyhow::anyhow!("interrupted during the conversation")),
     };
 
     step(&clock, "releasing the conversation's sandbox");
