@@ -408,3 +408,36 @@ async fn an_unreachable_agent_is_a_connect_failure() {
         .unwrap_err();
     assert!(error.is_connect_failure(), "{error:?}");
 }
+
+#[tokio::test]
+async fn the_server_enforces_the_callers_grpc_timeout_and_cancels_the_agent() {
+    let served = serve(Script::Hang, ServerOptions::default()).await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    *served.record.cancelled_tx.lock().unwrap() = Some(tx);
+    // A raw client that sends `grpc-timeout` but does not enforce it itself.
+    let channel = tonic::transport::Endpoint::from_shared(served.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(AgentRequest {
+        conversation_id: "c".into(),
+        exec_id: "e".into(),
+        start: Some(AgentStart::default()),
+    });
+    request.set_timeout(Duration::from_millis(200));
+    let mut stream = AgentServiceClient::new(channel)
+        .connect(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let status = tokio::time::timeout(Duration::from_secs(3), stream.message())
+        .await
+        .expect("the server must end the call at the deadline")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    tokio::time::timeout(Duration::from_secs(1), rx)
+        .await
+        .expect("the agent must see the cancel")
+        .unwrap();
+}
