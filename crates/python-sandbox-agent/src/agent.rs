@@ -14,7 +14,7 @@
 //!   restarted, and the result says that earlier variables are lost.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
@@ -69,6 +69,8 @@ struct Inner {
 struct State {
     pinned: Option<String>,
     sessions: HashMap<String, Arc<Session>>,
+    /// Conversations whose worker was evicted: their next execution is told that their state is gone.
+    evicted: HashSet<String>,
     shut_down: bool,
 }
 
@@ -190,6 +192,7 @@ impl PythonAgent {
                 Some(id) => {
                     tracing::info!(evicted = %id, "evicting the least recently used conversation's worker");
                     state.sessions.remove(&id);
+                    state.evicted.insert(id);
                 }
                 None => {
                     return Err(AgentError::ResourceExhausted(format!(
@@ -199,8 +202,16 @@ impl PythonAgent {
                 }
             }
         }
+        let notice = state.evicted.remove(conversation_id).then(|| {
+            format!(
+                "This conversation's Python worker was stopped to make room for other conversations. {STATE_LOST}"
+            )
+        });
         let session = Arc::new(Session {
-            slot: Arc::default(),
+            slot: Arc::new(tokio::sync::Mutex::new(Slot {
+                notice,
+                ..Slot::default()
+            })),
             running: AtomicBool::new(false),
             last_used: Mutex::new(Instant::now()),
         });
@@ -349,6 +360,7 @@ impl Agent for PythonAgent {
             running,
             request,
             timeout,
+            call_deadline: deadline,
             output_limit: exec_options.output_limit,
             exec_id,
             cancelled,
@@ -382,6 +394,8 @@ struct Run {
     running: RunningFlag,
     request: ExecuteRequest,
     timeout: Duration,
+    /// The caller's deadline: a cell that ignores the interrupt is killed before it, so the caller gets a result.
+    call_deadline: Option<tokio::time::Instant>,
     output_limit: u64,
     exec_id: String,
     cancelled: CancellationToken,
@@ -418,6 +432,7 @@ impl Run {
             running,
             request,
             timeout,
+            call_deadline,
             output_limit,
             exec_id,
             cancelled,
@@ -464,7 +479,12 @@ impl Run {
                 () = tokio::time::sleep_until(deadline), if stop.is_none() => {
                     tracing::info!(?timeout, "cell timed out: interrupting");
                     worker.interrupt();
-                    stop = Some((Stop::Timeout, tokio::time::Instant::now() + grace));
+                    let now = tokio::time::Instant::now();
+                    let mut kill_at = now + grace;
+                    if let Some(call_deadline) = call_deadline {
+                        kill_at = kill_at.min(call_deadline - DEADLINE_MARGIN / 2).max(now);
+                    }
+                    stop = Some((Stop::Timeout, kill_at));
                 }
                 () = cancelled.cancelled(), if stop.is_none() => {
                     tracing::info!("execution cancelled: interrupting the cell");
@@ -525,7 +545,12 @@ impl Run {
             collector.set_totals(result.stdout_bytes, result.stderr_bytes);
         }
         if !matches!(stop, Some((Stop::Cancelled, _))) {
-            let _ = tx.send(output::finish(&mut collector, &outcome, &exec_id));
+            // One frame per message: together, the last output, the summary and the structured copy of both streams
+            // can be several times the output limit, past what a gRPC client accepts in one message (4 MiB by
+            // default).
+            for message in output::finish(&mut collector, &outcome, &exec_id) {
+                let _ = tx.send(vec![message]);
+            }
         }
         // The stream ends (and `end` is sent) before any restart, so the result is not delayed by it.
         drop(tx);

@@ -137,13 +137,9 @@ pub fn dedent(text: &str) -> String {
         return text.to_owned();
     }
     text.lines()
-        .map(|l| {
-            if l.len() >= margin {
-                &l[margin..]
-            } else {
-                l.trim_start()
-            }
-        })
+        // Non-blank lines start with at least `margin` ASCII spaces/tabs; a blank line may hold Unicode whitespace,
+        // where byte `margin` can fall inside a character.
+        .map(|l| l.get(margin..).unwrap_or_else(|| l.trim_start()))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -208,6 +204,15 @@ mod tests {
         let code = extract(&start("    x = 1\n    if x:\n        print(x)", vec![])).unwrap();
         assert_eq!(code.text, "x = 1\nif x:\n    print(x)");
         assert!(!code.fenced);
+    }
+
+    #[test]
+    fn dedent_survives_unicode_whitespace_on_blank_lines() {
+        // A blank line whose byte at the margin is inside a multi-byte space (U+00A0) used to panic.
+        let text = "    x = 1\n   \u{a0}\n    print(x)";
+        assert_eq!(dedent(text), "x = 1\n\nprint(x)");
+        let code = extract(&start(text, vec![])).unwrap();
+        assert_eq!(code.text, "x = 1\n\nprint(x)");
     }
 
     #[test]

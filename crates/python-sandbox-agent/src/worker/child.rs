@@ -170,7 +170,9 @@ fn run(limits: &Limits, inherited_pipes: bool) -> Result<(), Error> {
     // SAFETY: `fds.protocol_out` is a fresh fd we own; the File is the only owner besides the static copy,
     // which is only used by `main` after `run` returns (and forgotten there).
     let shared = Arc::new(Mutex::new(Shared {
-        out: unsafe { File::from_raw_fd(libc::dup(fds.protocol_out)) },
+        // Close-on-exec like the original: a plain `dup` would hand the protocol pipe to every `os.system` shell and
+        // its background children, which could then corrupt the frames or keep the pipe open after the worker dies.
+        out: unsafe { File::from_raw_fd(libc::fcntl(fds.protocol_out, libc::F_DUPFD_CLOEXEC, 10)) },
         active: false,
         limit: 0,
         written: [0; 2],

@@ -11,6 +11,8 @@ import traceback
 import types
 
 _DRIVER = "<axp-driver>"
+# Characters kept of an exception's type name, message and traceback.
+_ERROR_LIMIT = 64 * 1024
 _ns = None
 _streams = {}
 
@@ -99,6 +101,9 @@ def _axp_run(source, filename, reset, value_limit):
     except BaseException as exc:
         error = _axp_describe(exc)
         exc = None
+        # A huge message (`raise ValueError('x' * 10**8)`) must not overflow the protocol frame or the AXP message.
+        limit = min(value_limit, _ERROR_LIMIT)
+        error = tuple(part if len(part) <= limit else part[:limit] + " [truncated]" for part in error)
     finally:
         _axp_flush()
     truncated = False

@@ -351,11 +351,14 @@ impl Worker {
         }
     }
 
-    fn kill_group(&self) {
+    fn kill_group(&mut self) {
         if self.pid > 0 {
             // SAFETY: signalling our own child's process group.
             unsafe { libc::kill(-self.pid, libc::SIGKILL) };
         }
+        // And the worker itself: the code may have moved it out of its group (`os.setpgid`), and a worker that
+        // survives here hangs `wait` forever. (`start_kill` does nothing once the child has been reaped.)
+        let _ = self.child.start_kill();
     }
 }
 
