@@ -350,7 +350,10 @@ impl Agent for PythonAgent {
             filename: format!("<cell {}>", slot.cells),
             output_limit: exec_options.output_limit,
             value_limit: exec_options.output_limit,
-            cpu_limit_secs: timeout.as_secs() + 2,
+            // A backstop behind the wall-clock timeout, not a second limit: CPU time
+            // counts every thread, so code using several cores outside the GIL
+            // (hashlib, zlib, BLAS) may burn `cores` CPU seconds per wall second.
+            cpu_limit_secs: (timeout.as_secs() + 2) * cores(),
             reset: exec_options.reset,
         };
         tracing::debug!(cell = slot.cells, source = ?code.source, fenced = code.fenced, ?timeout, "running");
@@ -571,4 +574,9 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Cores this process may run on (at least 1).
+fn cores() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
 }

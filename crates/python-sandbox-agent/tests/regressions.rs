@@ -167,3 +167,39 @@ async fn a_cell_that_ignores_the_interrupt_is_killed_before_the_callers_deadline
     .await;
     assert_eq!(next.text(), "42");
 }
+
+#[tokio::test]
+async fn code_using_every_core_outside_the_gil_is_not_killed_by_the_cpu_backstop() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 {
+        return; // one core: CPU time cannot outrun wall time
+    }
+    // Threads hashing in C release the GIL, so CPU time grows `cores` times faster
+    // than wall time. With a 4 s timeout, the old backstop of timeout + 2 CPU
+    // seconds let the kernel kill the worker (SIGXCPU) about 3 s in.
+    let agent = agent(&[]).await;
+    let mut client = client(&agent).await;
+    let code = format!(
+        "import hashlib, threading, time\n\
+         data = b'x' * (8 << 20)\n\
+         end = time.monotonic() + 3.5\n\
+         def spin():\n\
+         \x20   while time.monotonic() < end:\n\
+         \x20       hashlib.sha256(data).digest()\n\
+         threads = [threading.Thread(target=spin) for _ in range({cores})]\n\
+         [t.start() for t in threads]\n\
+         [t.join() for t in threads]\n\
+         kept = 'alive'\n"
+    );
+    let run = call(
+        &mut client,
+        request("c", "e1", prompt_with(&code, r#"{"timeout_secs": 4}"#)),
+    )
+    .await
+    .expect("a result");
+    assert!(run.bool_field("ok"), "{}", run.text());
+    assert_eq!(
+        common::run(&mut client, "c", "kept").await.text(),
+        "'alive'"
+    );
+}
