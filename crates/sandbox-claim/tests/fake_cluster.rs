@@ -580,8 +580,15 @@ async fn renew_pushes_the_shutdown_time_with_one_patch() {
 #[tokio::test]
 async fn an_expired_claim_is_deleted_by_the_controller() {
     let cluster = cold_cluster().await;
+    // Acquire with the default TTL (a loaded machine may take longer than a short
+    // TTL to make the sandbox Ready), then shorten the lifetime with one renewal.
+    let h = claims(&cluster, options())
+        .await
+        .acquire("short")
+        .await
+        .unwrap();
     let claims = claims(&cluster, options().ttl(Duration::from_secs(1))).await;
-    let h = claims.acquire("short").await.unwrap();
+    claims.renew(&h).await.unwrap();
     let api = claim_api(&cluster);
     eventually("the claim expired", || async {
         api.get_opt(&h.claim_name).await.unwrap().is_none()

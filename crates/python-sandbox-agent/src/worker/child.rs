@@ -71,6 +71,22 @@ static PROTOCOL_IN: AtomicI32 = AtomicI32::new(-1);
 static WORKER_PID: AtomicI32 = AtomicI32::new(0);
 /// Set in the worker when it forked with libc `fork` (not `vfork`): the cell may have left a copy of itself.
 static FORKED: AtomicBool = AtomicBool::new(false);
+/// The output accounting and pipes, for [`drain_output`] (called from Python before `os._exit`).
+static OUTPUT: std::sync::OnceLock<(Arc<Mutex<Shared>>, [RawFd; 2])> = std::sync::OnceLock::new();
+
+/// Forwards everything written so far to the agent. `os._exit` calls this first: otherwise
+/// output the pump thread had read but not yet forwarded would die with the process.
+#[pyfunction]
+fn drain_output(py: Python<'_>) {
+    if let Some((shared, pipes)) = OUTPUT.get() {
+        py.detach(|| {
+            // The pump forwards under this lock, so holding it means nothing is in flight.
+            let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = guard.drain(*pipes, &mut buf);
+        });
+    }
+}
 
 const DRIVER: &str = include_str!("driver.py");
 
@@ -178,6 +194,7 @@ fn run(limits: &Limits, inherited_pipes: bool) -> Result<(), Error> {
         written: [0; 2],
     }));
     let pipes = [fds.stdout_read, fds.stderr_read];
+    let _ = OUTPUT.set((shared.clone(), pipes));
     {
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -191,6 +208,12 @@ fn run(limits: &Limits, inherited_pipes: bool) -> Result<(), Error> {
 
     Python::attach(|py| -> Result<(), Error> {
         let driver = load_driver(py).map_err(Error::LoadDriver)?;
+        driver
+            .add_function(
+                wrap_pyfunction!(drain_output, &driver)
+                    .map_err(|e| Error::LoadDriver(e.to_string()))?,
+            )
+            .map_err(|e| Error::LoadDriver(e.to_string()))?;
         let run_cell = driver
             .getattr("_axp_run")
             .map_err(|e| Error::LoadDriver(e.to_string()))?;

@@ -117,6 +117,20 @@ _BLOCKED = {"os.fork", "os.forkpty"}
 _BLOCKED_SUBPROCESS = {"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "pty.spawn"}
 
 
+def _axp_guard_exit():
+    """`os._exit` skips every flush: forward what the cell printed before the process goes."""
+    real_exit = os._exit
+
+    def _exit(status):
+        try:
+            _axp_flush()
+            drain_output()  # added to this module by the worker (Rust)
+        finally:
+            real_exit(status)
+
+    os._exit = _exit
+
+
 def _axp_setup(block_subprocess):
     """Once per worker: signals, the audit hook, argv and executable, the first namespace."""
     # SIGINT from the agent interrupts a cell that overran its timeout (KeyboardInterrupt), so the
@@ -134,6 +148,7 @@ def _axp_setup(block_subprocess):
     if os.path.exists(candidate):
         sys.executable = candidate
     sys.dont_write_bytecode = True
+    _axp_guard_exit()
     _axp_fresh()
     _axp_install_streams()
     return (sys.version, sys.prefix, sys.executable)
