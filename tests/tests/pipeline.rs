@@ -17,12 +17,7 @@ use sandbox_claim::testing::{FakeClusterOptions, Fault, Verb};
 fn planner_call(prompt: &str) -> AgentStart {
     AgentStart {
         agent_id: "py".into(),
-        messages: vec![content::user_text(format!(
-            "History Summary:\nuser: earlier turn\n\nPrompt:\n{prompt}"
-        ))],
-        subagent_prompt: prompt.into(),
-        subagent_history: "user: earlier turn".into(),
-        ..AgentStart::default()
+        ..content::planner_start(prompt, "user: earlier turn")
     }
 }
 
@@ -30,9 +25,7 @@ fn planner_call(prompt: &str) -> AgentStart {
 fn legacy_call(prompt: &str) -> AgentStart {
     AgentStart {
         agent_id: "py".into(),
-        messages: vec![content::user_text(format!(
-            "History Summary:\n\n\nPrompt:\n{prompt}"
-        ))],
+        messages: vec![content::user_text(content::planner_envelope("", prompt))],
         ..AgentStart::default()
     }
 }

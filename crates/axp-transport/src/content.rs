@@ -1,7 +1,7 @@
 //! Small constructors and readers for AXP [`Message`]s, so agents and callers
 //! do not spell out the nested `Content` oneof every time.
 
-use crate::pb::{Content, Message, TextContent, content};
+use crate::pb::{AgentStart, Content, Message, TextContent, content};
 
 /// The role AX uses for the model's (and sub-agents') messages.
 pub const ROLE_MODEL: &str = "model";
@@ -27,6 +27,24 @@ pub fn model_text(text: impl Into<String>) -> Message {
 /// A `user` text message: what a controller sends to an agent.
 pub fn user_text(text: impl Into<String>) -> Message {
     text_message(ROLE_USER, text)
+}
+
+/// The user text AX's planner sends a sub-agent: the legacy envelope that
+/// agents without the structured-args extension read.
+pub fn planner_envelope(history: &str, prompt: &str) -> String {
+    format!("History Summary:\n{history}\n\nPrompt:\n{prompt}")
+}
+
+/// An `AgentStart` as AX's planner sends it with the structured-args
+/// extension: the envelope as a user message, and the same prompt and
+/// history verbatim in `subagent_prompt` / `subagent_history`.
+pub fn planner_start(prompt: &str, history: &str) -> AgentStart {
+    AgentStart {
+        messages: vec![user_text(planner_envelope(history, prompt))],
+        subagent_prompt: prompt.to_owned(),
+        subagent_history: history.to_owned(),
+        ..AgentStart::default()
+    }
 }
 
 /// The text of a message, if its content is text.
@@ -183,5 +201,21 @@ mod json_tests {
             serde_json::json!({"ok": true, "value": "42", "n": 1.5})
         );
         assert_eq!(tool_result_json(&model_text("x")), None);
+    }
+}
+
+#[cfg(test)]
+mod envelope_tests {
+    use super::*;
+
+    #[test]
+    fn planner_start_carries_the_envelope_and_the_structured_args() {
+        let start = planner_start("print(1)", "user: hi");
+        assert_eq!(start.subagent_prompt, "print(1)");
+        assert_eq!(start.subagent_history, "user: hi");
+        assert_eq!(
+            last_user_text(&start.messages),
+            Some("History Summary:\nuser: hi\n\nPrompt:\nprint(1)")
+        );
     }
 }

@@ -16,11 +16,7 @@ fn start(prompt: &str, history: &str) -> AgentStart {
     AgentStart {
         agent_id: "py".into(),
         agent_config: br#"{"timeout_secs": 5}"#.to_vec(),
-        messages: vec![content::user_text(format!(
-            "History Summary:\n{history}\n\nPrompt:\n{prompt}"
-        ))],
-        subagent_prompt: prompt.into(),
-        subagent_history: history.into(),
+        ..content::planner_start(prompt, history)
     }
 }
 

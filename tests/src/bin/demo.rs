@@ -51,7 +51,7 @@ total = sum(primes)
 f"{len(primes)} primes below 60, summing to {total}"
 "#;
 
-const TURN_TWO: &str = "History Summary:\nuser asked for primes below 60\n\nPrompt:\n```python\nprint(f\"largest: {primes[-1]}, total from turn one: {total}\")\nmax(primes) * 2\n```";
+const TURN_TWO: &str = "```python\nprint(f\"largest: {primes[-1]}, total from turn one: {total}\")\nmax(primes) * 2\n```";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -195,11 +195,7 @@ async fn converse(
     );
     let start = AgentStart {
         agent_id: "py".into(),
-        messages: vec![content::user_text(format!(
-            "History Summary:\n\n\nPrompt:\n{TURN_ONE}"
-        ))],
-        subagent_prompt: TURN_ONE.into(),
-        ..AgentStart::default()
+        ..content::planner_start(TURN_ONE, "")
     };
     let report = turn(agent, conversation, "turn-1", start, clock).await?;
     println!(
@@ -214,7 +210,10 @@ async fn converse(
     );
     let start = AgentStart {
         agent_id: "py".into(),
-        messages: vec![content::user_text(TURN_TWO)],
+        messages: vec![content::user_text(content::planner_envelope(
+            "user asked for primes below 60",
+            TURN_TWO,
+        ))],
         ..AgentStart::default()
     };
     let report = turn(agent, conversation, "turn-2", start, clock).await?;

@@ -117,8 +117,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let start = AgentStart {
                 agent_id,
                 agent_config: config.unwrap_or_default().into_bytes(),
-                messages: vec![content::user_text(format!(
-                    "History Summary:\n{history}\n\nPrompt:\n{user_text}"
+                messages: vec![content::user_text(content::planner_envelope(
+                    &history, &user_text,
                 ))],
                 subagent_prompt: prompt.unwrap_or_default(),
                 subagent_history: history,
