@@ -15,6 +15,10 @@ fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
+fn base_dir() -> PathBuf {
+    deploy_dir().join("base")
+}
+
 /// Every document of a YAML file, as JSON.
 fn documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -70,15 +74,15 @@ async fn create_all(crd_dir: &Path, files: &[PathBuf]) -> usize {
 #[tokio::test]
 async fn the_v1beta1_template_and_warm_pool_pass_the_upstream_crd_schemas() {
     let files = [
-        deploy_dir().join("sandbox-template.yaml"),
-        deploy_dir().join("sandbox-warmpool.yaml"),
+        base_dir().join("sandbox-template.yaml"),
+        base_dir().join("sandbox-warmpool.yaml"),
     ];
     assert_eq!(create_all(&upstream_crd_dir(), &files).await, 2);
 }
 
 #[tokio::test]
 async fn the_v1alpha1_template_and_warm_pool_pass_the_v0_4_6_crd_schemas() {
-    let dir = deploy_dir().join("v1alpha1");
+    let dir = deploy_dir().join("overlays/v1alpha1");
     let files = [
         dir.join("sandbox-template.yaml"),
         dir.join("sandbox-warmpool.yaml"),
@@ -88,10 +92,10 @@ async fn the_v1alpha1_template_and_warm_pool_pass_the_v0_4_6_crd_schemas() {
 
 #[test]
 fn the_example_ax_yaml_names_the_deployed_pool_template_namespace_and_port() {
-    let registry = Registry::from_file(deploy_dir().join("ax.yaml")).unwrap();
+    let registry = Registry::from_file(deploy_dir().join("../config/ax.yaml")).unwrap();
     let agent = registry.get("py").expect("the example registers `py`");
-    let template = &documents(&deploy_dir().join("sandbox-template.yaml"))[0];
-    let pool = &documents(&deploy_dir().join("sandbox-warmpool.yaml"))[0];
+    let template = &documents(&base_dir().join("sandbox-template.yaml"))[0];
+    let pool = &documents(&base_dir().join("sandbox-warmpool.yaml"))[0];
     assert_eq!(
         agent.template.as_deref(),
         template["metadata"]["name"].as_str()
@@ -115,7 +119,7 @@ fn the_example_ax_yaml_names_the_deployed_pool_template_namespace_and_port() {
 
 #[test]
 fn the_controller_role_grants_what_the_backend_uses_and_nothing_more() {
-    let docs = documents(&deploy_dir().join("controller-rbac.yaml"));
+    let docs = documents(&base_dir().join("controller-rbac.yaml"));
     let role = docs.iter().find(|d| d["kind"] == "Role").expect("a Role");
     let rules = role["rules"].as_array().unwrap();
     let claims = rules

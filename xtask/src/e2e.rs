@@ -14,7 +14,7 @@
 //! 5. Apply the agent-sandbox release (controller and CRDs; `--agent-sandbox-manifest`), wait for the CRDs and the
 //!    controller.
 //! 6. Build the agent image with `cargo xtask image` and `kind load image-archive` it.
-//! 7. Apply `deploy/` through the `deploy/kind` overlay (namespaces, no gVisor runtimeClassName, imagePullPolicy
+//! 7. Apply `deploy/` through the `deploy/overlays/kind` overlay (namespaces, no gVisor runtimeClassName, imagePullPolicy
 //!    Never, and a NetworkPolicy rule that admits the host on 8494) and wait until the warm pool has all its
 //!    replicas ready.
 //! 8. Run the whole-pipeline demo against the cluster: `cargo run -p pipeline --bin demo -- --kubeconfig …
@@ -57,7 +57,7 @@ const CLUSTER: &str = "ax-sandbox-e2e";
 const AGENT_SANDBOX_MANIFEST: &str = "https://github.com/kubernetes-sigs/agent-sandbox/releases/download/v0.5.6/sandbox-with-extensions.yaml";
 const CONTROLLER_NAMESPACE: &str = "agent-sandbox-system";
 const CONTROLLER: &str = "deployment/agent-sandbox-controller";
-/// Where `deploy/` puts the agents, and its warm pool (see `deploy/sandbox-warmpool.yaml`).
+/// Where `deploy/` puts the agents, and its warm pool (see `deploy/base/sandbox-warmpool.yaml`).
 const NAMESPACE: &str = "agent-platform";
 const WARM_POOL: &str = "python-sandbox-pool";
 
@@ -356,17 +356,11 @@ impl E2e {
             cluster.kind(&["load", "image-archive", &archive, "--name", &cluster.name]),
         )?;
 
-        let overlay = root.join("deploy/kind").display().to_string();
+        let overlay = root.join("deploy/overlays/kind").display().to_string();
         step(
-            "kubectl apply deploy/ through the deploy/kind overlay",
+            "kubectl apply -k deploy/overlays/kind",
             Duration::from_secs(120),
-            cluster
-                .kubectl(&[
-                    "kustomize",
-                    "--load-restrictor=LoadRestrictionsNone",
-                    &overlay,
-                ])
-                .pipe(cluster.kubectl(&["apply", "-f", "-"])),
+            cluster.kubectl(&["apply", "-k", &overlay]),
         )?;
         let replicas = cluster
             .kubectl(&[

@@ -47,7 +47,7 @@ use sha2::{Digest as _, Sha256};
 
 /// Where the agent binary lives in the image.
 pub const BINARY: &str = "/usr/local/bin/python-sandbox-agent";
-/// The unprivileged user (and group) the image runs as, as in distroless images and `deploy/sandbox-template.yaml`.
+/// The unprivileged user (and group) the image runs as, as in distroless images and `deploy/base/sandbox-template.yaml`.
 pub const NONROOT: u32 = 65532;
 /// The AXP port.
 pub const PORT: u16 = 8494;
