@@ -6,6 +6,8 @@
 use anyhow::Context as _;
 use duct::cmd;
 
+use crate::artifacts;
+
 /// Build optimized binaries and run the benchmark suite (`tests/src/bin/bench.rs`).
 #[derive(clap::Args)]
 pub struct Bench {
@@ -17,26 +19,16 @@ pub struct Bench {
 impl Bench {
     pub fn run(self) -> anyhow::Result<()> {
         let root = super::workspace_root();
-        cmd!(
-            "cargo",
-            "build",
-            "--release",
-            "--package",
-            "python-sandbox-agent",
-            "--package",
-            "pipeline",
-            "--bins"
-        )
-        .dir(&root)
-        .run()
-        .context("building the release binaries")?;
-        cmd(
-            super::target_dir()?.join("release").join("bench"),
-            &self.args,
-        )
-        .dir(&root)
-        .run()
-        .context("the benchmark suite failed")?;
+        let built = artifacts::build_bins(&[artifacts::AGENT_PACKAGE, "pipeline"], true)
+            .context("building the release binaries")?;
+        cmd(built.get("bench")?, &self.args)
+            .dir(&root)
+            .env(
+                artifacts::AGENT_BIN_ENV,
+                built.get(artifacts::AGENT_PACKAGE)?,
+            )
+            .run()
+            .context("the benchmark suite failed")?;
         Ok(())
     }
 }

@@ -4,6 +4,8 @@
 use anyhow::Context as _;
 use duct::cmd;
 
+use crate::artifacts;
+
 /// Build and run the demo; every flag after `--` goes to it.
 #[derive(clap::Args)]
 pub struct Demo {
@@ -18,26 +20,16 @@ pub struct Demo {
 impl Demo {
     pub fn run(self) -> anyhow::Result<()> {
         let root = super::workspace_root();
-        let mut build = vec![
-            "build",
-            "--package",
-            "python-sandbox-agent",
-            "--package",
-            "pipeline",
-            "--bins",
-        ];
-        if self.release {
-            build.push("--release");
-        }
-        cmd("cargo", &build)
-            .dir(&root)
-            .run()
+        let built = artifacts::build_bins(&[artifacts::AGENT_PACKAGE, "pipeline"], self.release)
             .context("building the reference agent and the demo")?;
-        let profile = if self.release { "release" } else { "debug" };
-        let demo = super::target_dir()?.join(profile).join("demo");
+        let demo = built.get("demo")?;
         // The demo's own exit status (130 on Ctrl-C) becomes ours.
-        let status = cmd(&demo, &self.args)
+        let status = cmd(demo, &self.args)
             .dir(&root)
+            .env(
+                artifacts::AGENT_BIN_ENV,
+                built.get(artifacts::AGENT_PACKAGE)?,
+            )
             .unchecked()
             .run()
             .with_context(|| format!("running {}", demo.display()))?

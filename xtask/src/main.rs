@@ -3,6 +3,7 @@
 //! Each task lives in its own module and is plain Rust: no shell scripts to
 //! keep in sync with CI.
 
+mod artifacts;
 mod bench;
 mod demo;
 mod e2e;
@@ -48,11 +49,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The workspace root (xtask lives one level below it).
+///
+/// Read at run time from the `CARGO_MANIFEST_DIR` that `cargo run` (the `cargo xtask`
+/// alias) sets, never baked in at build time: an xtask binary built in one checkout must
+/// not act on another that shares its target directory.
 fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::current_dir().unwrap_or_default().join("xtask"));
+    manifest_dir
         .parent()
-        .expect("xtask sits inside the workspace")
-        .to_path_buf()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or(manifest_dir)
 }
 
 /// Cargo's target directory, wherever `CARGO_TARGET_DIR` or a config file puts it.

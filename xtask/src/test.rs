@@ -3,6 +3,8 @@
 use anyhow::Context as _;
 use duct::cmd;
 
+use crate::artifacts;
+
 /// Builds the binaries that tests spawn as real processes, then runs the tests.
 #[derive(clap::Args)]
 pub struct Test {
@@ -15,17 +17,10 @@ impl Test {
     pub fn run(self) -> anyhow::Result<()> {
         let root = super::workspace_root();
         // Whole-pipeline tests start the reference agent binary, which `cargo test`
-        // does not build for other crates' tests.
-        cmd!(
-            "cargo",
-            "build",
-            "--package",
-            "python-sandbox-agent",
-            "--bins"
-        )
-        .dir(&root)
-        .run()
-        .context("building the reference agent binary")?;
+        // does not build for other crates' tests; they find it through the variable.
+        let built = artifacts::build_bins(&[artifacts::AGENT_PACKAGE], false)
+            .context("building the reference agent binary")?;
+        let agent = built.get(artifacts::AGENT_PACKAGE)?;
         let mut args = vec!["test", "--workspace", "--all-features", "--no-fail-fast"]
             .into_iter()
             .map(String::from)
@@ -36,6 +31,7 @@ impl Test {
         }
         cmd("cargo", &args)
             .dir(&root)
+            .env(artifacts::AGENT_BIN_ENV, agent)
             .run()
             .context("tests failed")?;
         Ok(())
