@@ -1,10 +1,11 @@
 //! What a claim's `Ready` condition reason means for a client that waits on it.
 //!
-//! Source: REFERENCE.md §2.2–2.3 (the upstream controller and the Python SDK's
-//! `TERMINAL_CLAIM_READY_REASONS`).
+//! The classes follow the upstream controller and the official Python SDK (1.0.8's
+//! `TERMINAL_CLAIM_READY_REASONS`); `docs/agent-sandbox.md` in the repository lists them.
 
 /// How a waiting client should treat a `Ready=False` reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReasonClass {
     /// The sandbox will not become ready without a change to the claim: fail now.
     Terminal,
@@ -31,6 +32,8 @@ pub const TERMINAL_REASONS: &[&str] = &[
     "VolumeClaimTemplatesError",
     "ClaimExpired",
     "SandboxExpired",
+    // agent-sandbox v1.0: a child object (e.g. the derived Service) fails API validation.
+    "InvalidConfiguration",
     "PodFailed",
     "PodSucceeded",
 ];
@@ -68,6 +71,7 @@ mod tests {
             "AdoptionConflict",
             "SandboxCreatePending",
             "SandboxMissing",
+            "AdoptionPending",
             "ReconcilerError",
             "SandboxSuspended",
             "MultiplePods",
