@@ -8,6 +8,7 @@ mod bench;
 mod demo;
 mod e2e;
 mod image;
+mod publish;
 mod test;
 
 use anyhow::Context as _;
@@ -36,6 +37,8 @@ enum Task {
     Image(image::Image),
     /// Run the whole pipeline on a real kind cluster (needs kind, docker or podman, kubectl).
     E2e(e2e::E2e),
+    /// Package every publishable crate and build each from its package alone (a dry run).
+    PublishCheck(publish::PublishCheck),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(task) => task.run(),
         Task::Image(task) => task.run().map(drop),
         Task::E2e(task) => task.run(),
+        Task::PublishCheck(task) => task.run(),
     }
 }
 
