@@ -22,6 +22,9 @@
 //! - The embedded PodSpec, PVC spec and NetworkPolicy rule schemas come from the
 //!   k8s-openapi version feature the build enables, so they follow that Kubernetes version.
 //! - No conversion webhook: a real cluster serving both versions needs agent-sandbox's.
+//! - The field descriptions inside those embedded Kubernetes types are left out (the types'
+//!   own descriptions stay): they are Kubernetes' documentation, and with them the Sandbox and
+//!   SandboxTemplate CRDs would come close to etcd's 1.5 MiB request limit.
 //! - No CEL rules (`x-kubernetes-validations`), no `x-kubernetes-list-type` markers.
 
 use crate::api_version::{ApiVersion, EXTENSIONS_GROUP, SANDBOX_GROUP};
@@ -103,6 +106,18 @@ impl fmt::Display for Kind {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A version's schema did not round-trip through JSON while embedded descriptions were
+    /// dropped.
+    #[error("failed to rewrite the {kind} {version} schema")]
+    Schema {
+        /// The kind.
+        kind: Kind,
+        /// The version.
+        version: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The per-version CRDs of a kind did not merge into one.
     #[error("failed to merge the versions of the {kind} CRD")]
     Merge {
@@ -149,7 +164,68 @@ pub fn crd(kind: Kind, versions: CrdVersions) -> Result<CustomResourceDefinition
     };
     // The API server would default it to the same; spelt out as agent-sandbox does.
     crd.spec.names.list_kind = Some(format!("{kind}List"));
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let schema_err = |source| Error::Schema {
+            kind,
+            version: version.name.clone(),
+            source,
+        };
+        let mut value = serde_json::to_value(&*schema).map_err(schema_err)?;
+        for path in EMBEDDED_KUBERNETES_TYPES {
+            if let Some(embedded) = at_path(&mut value, path) {
+                drop_field_descriptions(embedded);
+            }
+        }
+        *schema = serde_json::from_value(value).map_err(schema_err)?;
+    }
     Ok(crd)
+}
+
+/// Where the schemas embed Kubernetes API types (k8s-openapi's), as property names from the
+/// root; `[]` steps into array items.
+const EMBEDDED_KUBERNETES_TYPES: &[&[&str]] = &[
+    &["spec", "podTemplate", "spec"],
+    &["spec", "volumeClaimTemplates", "[]", "spec"],
+    &["spec", "networkPolicy", "ingress"],
+    &["spec", "networkPolicy", "egress"],
+];
+
+fn at_path<'a>(
+    schema: &'a mut serde_json::Value,
+    path: &[&str],
+) -> Option<&'a mut serde_json::Value> {
+    path.iter().try_fold(schema, |s, step| match *step {
+        "[]" => s.get_mut("items"),
+        name => s.get_mut("properties")?.get_mut(name),
+    })
+}
+
+/// Removes `description` from every property below `schema` (keeping its own).
+fn drop_field_descriptions(schema: &mut serde_json::Value) {
+    fn walk(s: &mut serde_json::Value, keep_own: bool) {
+        let Some(map) = s.as_object_mut() else {
+            return;
+        };
+        if !keep_own {
+            map.remove("description");
+        }
+        if let Some(props) = map.get_mut("properties").and_then(|p| p.as_object_mut()) {
+            props.values_mut().for_each(|p| walk(p, false));
+        }
+        for key in ["items", "additionalProperties"] {
+            if let Some(sub) = map.get_mut(key) {
+                walk(sub, false);
+            }
+        }
+    }
+    walk(schema, true);
 }
 
 /// The CRDs of all four kinds serving `versions`, in [`Kind::ALL`] order.
@@ -198,6 +274,30 @@ mod tests {
                 "{kind}"
             );
         }
+    }
+
+    #[test]
+    fn embedded_kubernetes_types_keep_their_shape_but_not_their_field_docs() {
+        let crd = crd(Kind::Sandbox, CrdVersions::Current).unwrap();
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+        let pod = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["podTemplate"]["properties"]
+            ["spec"];
+        assert!(
+            pod["description"].is_string(),
+            "the embedded type's own doc stays"
+        );
+        let containers = &pod["properties"]["containers"];
+        assert!(containers.get("description").is_none());
+        assert_eq!(pod["required"], serde_json::json!(["containers"]));
+        assert!(
+            containers["items"]["properties"]["image"]["type"] == "string",
+            "the shape stays"
+        );
+        let own = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["shutdownTime"];
+        assert!(
+            own["description"].is_string(),
+            "our own fields keep their docs"
+        );
     }
 
     #[test]
