@@ -22,6 +22,9 @@
 //! - The embedded PodSpec, PVC spec and NetworkPolicy rule schemas come from the
 //!   k8s-openapi version feature the build enables, so they follow that Kubernetes version.
 //! - No conversion webhook: a real cluster serving both versions needs agent-sandbox's.
+//! - Where k8s-openapi marks a field of those types required that Kubernetes lets be empty
+//!   (the `name` of secret and config map references), the schema makes it optional with
+//!   default `""`, as the Kubernetes API does.
 //! - The field descriptions inside those embedded Kubernetes types are left out (the types'
 //!   own descriptions stay): they are Kubernetes' documentation, and with them the Sandbox and
 //!   SandboxTemplate CRDs would come close to etcd's 1.5 MiB request limit.
@@ -180,7 +183,7 @@ pub fn crd(kind: Kind, versions: CrdVersions) -> Result<CustomResourceDefinition
         let mut value = serde_json::to_value(&*schema).map_err(schema_err)?;
         for path in EMBEDDED_KUBERNETES_TYPES {
             if let Some(embedded) = at_path(&mut value, path) {
-                drop_field_descriptions(embedded);
+                rewrite_embedded(embedded);
             }
         }
         *schema = serde_json::from_value(value).map_err(schema_err)?;
@@ -207,8 +210,16 @@ fn at_path<'a>(
     })
 }
 
-/// Removes `description` from every property below `schema` (keeping its own).
-fn drop_field_descriptions(schema: &mut serde_json::Value) {
+/// Rewrites an embedded Kubernetes type's schema: drops the `description` of every property
+/// below it (keeping its own), and makes optional what k8s-openapi marks required but
+/// Kubernetes does not.
+///
+/// k8s-openapi models the `name` of `LocalObjectReference` and its kin (secret and config map
+/// references) as a required `String`, while the Kubernetes API declares it optional with
+/// default `""`; left alone, a `secretRef` without `name` would be refused here and accepted by
+/// a real cluster. Those fields are the ones whose description says they are "allowed to be
+/// empty" (Kubernetes' own wording).
+fn rewrite_embedded(schema: &mut serde_json::Value) {
     fn walk(s: &mut serde_json::Value, keep_own: bool) {
         let Some(map) = s.as_object_mut() else {
             return;
@@ -216,7 +227,30 @@ fn drop_field_descriptions(schema: &mut serde_json::Value) {
         if !keep_own {
             map.remove("description");
         }
+        let may_be_empty: Vec<String> = map
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .into_iter()
+            .flatten()
+            .filter(|(_, p)| {
+                p.get("description")
+                    .and_then(|d| d.as_str())
+                    .is_some_and(|d| d.contains(ALLOWED_TO_BE_EMPTY))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        if let Some(required) = map.get_mut("required").and_then(|r| r.as_array_mut()) {
+            required.retain(|r| !may_be_empty.iter().any(|n| r == n.as_str()));
+            if required.is_empty() {
+                map.remove("required");
+            }
+        }
         if let Some(props) = map.get_mut("properties").and_then(|p| p.as_object_mut()) {
+            for name in &may_be_empty {
+                if let Some(p) = props.get_mut(name).and_then(|p| p.as_object_mut()) {
+                    p.insert("default".into(), serde_json::Value::String(String::new()));
+                }
+            }
             props.values_mut().for_each(|p| walk(p, false));
         }
         for key in ["items", "additionalProperties"] {
@@ -227,6 +261,9 @@ fn drop_field_descriptions(schema: &mut serde_json::Value) {
     }
     walk(schema, true);
 }
+
+/// How Kubernetes documents a field that is optional but should not be left empty.
+const ALLOWED_TO_BE_EMPTY: &str = "allowed to be empty";
 
 /// The CRDs of all four kinds serving `versions`, in [`Kind::ALL`] order.
 ///
