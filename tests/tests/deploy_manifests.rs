@@ -22,9 +22,10 @@ fn base_dir() -> PathBuf {
 /// Creates every document on a fake API server serving `crds`; returns the kinds created.
 async fn create_all(crds: &CrdSource, docs: &[Value], origin: &str) -> Vec<Kind> {
     let server = server_with(crds).await;
+    let client = server.client("default");
     let mut created = Vec::new();
     for doc in docs {
-        create(&server, doc).await.unwrap_or_else(|e| {
+        create(&client, doc).await.unwrap_or_else(|e| {
             panic!(
                 "{origin}: {} {} rejected by the {crds:?} CRDs: {e}",
                 doc["kind"], doc["metadata"]["name"]

@@ -88,11 +88,11 @@ pub async fn server_with(crds: &CrdSource) -> FakeApiServer {
 }
 
 /// Creates one agent-sandbox document (status included, through the status subresource when
-/// it has one) on `server`, in its namespace (`default` when it names none).
+/// it has one) through `client`, in its namespace (`default` when it names none).
 ///
 /// # Errors
 /// The API error of the first write the server rejects.
-pub async fn create(server: &FakeApiServer, doc: &Value) -> Result<(), kube::Error> {
+pub async fn create(client: &kube::Client, doc: &Value) -> Result<(), kube::Error> {
     let kind = agent_sandbox_kind(doc).expect("an agent-sandbox document");
     let api_version = doc["apiVersion"].as_str().unwrap_or_default();
     let (group, version) = api_version.split_once('/').unwrap_or_default();
@@ -104,8 +104,7 @@ pub async fn create(server: &FakeApiServer, doc: &Value) -> Result<(), kube::Err
         plural: kind.plural().into(),
     };
     let namespace = doc["metadata"]["namespace"].as_str().unwrap_or("default");
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(server.client(namespace), namespace, &resource);
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
     let mut body = doc.clone();
     let status = body.as_object_mut().and_then(|m| m.remove("status"));
     let object: DynamicObject = serde_json::from_value(body).map_err(kube::Error::SerdeError)?;
