@@ -1,93 +1,137 @@
-//! The manifests in `deploy/` are accepted by the upstream CRD schemas, and
-//! the example `ax.yaml` names what they create.
+//! The manifests in `deploy/` are accepted by the CRDs this project generates (always; the
+//! upstream ones are checked by the opt-in conformance suite), render with kustomize, and the
+//! example `ax.yaml` names what they create.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::PathBuf;
 
 use axp_transport::registry::Registry;
-use kube::{
-    Api,
-    api::{ApiResource, DynamicObject, PostParams},
-};
-use sandbox_claim::testing::{FakeApiServer, install_crds, upstream_crd_dir, v0_4_6_crd_dir};
+use sandbox_claim::crds::Kind;
+use sandbox_claim::testing::CrdSource;
 use serde_json::Value;
-
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
+use support::{
+    agent_sandbox_documents, agent_sandbox_kind, create, deploy_dir, documents, kustomize,
+    server_with,
+};
 
 fn base_dir() -> PathBuf {
     deploy_dir().join("base")
 }
 
-/// Every document of a YAML file, as JSON.
-fn documents(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_saphyr::from_multiple::<Value>(&text)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .into_iter()
-        .filter(|d| !d.is_null())
-        .collect()
-}
-
-/// Creates each agent-sandbox object of `files` on a fake API server that
-/// validates against the CRDs in `crd_dir`; returns how many were created.
-async fn create_all(crd_dir: &Path, files: &[PathBuf]) -> usize {
-    let server = FakeApiServer::start().await.unwrap();
-    install_crds(&server, crd_dir).unwrap();
-    let mut created = 0;
-    for file in files {
-        for doc in documents(file) {
-            let api_version = doc["apiVersion"].as_str().unwrap();
-            let kind = doc["kind"].as_str().unwrap();
-            let Some((group, version)) = api_version.split_once('/') else {
-                continue;
-            };
-            if !group.ends_with("agents.x-k8s.io") {
-                continue;
-            }
-            let plural = format!("{}s", kind.to_lowercase());
-            let resource = ApiResource {
-                group: group.into(),
-                version: version.into(),
-                api_version: api_version.into(),
-                kind: kind.into(),
-                plural,
-            };
-            let namespace = doc["metadata"]["namespace"].as_str().unwrap();
-            let object: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(server.client(namespace), namespace, &resource);
-            api.create(&PostParams::default(), &object)
-                .await
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "{} {kind} rejected by the upstream CRD: {e}",
-                        file.display()
-                    )
-                });
-            created += 1;
-        }
+/// Creates every document on a fake API server serving `crds`; returns the kinds created.
+async fn create_all(crds: &CrdSource, docs: &[Value], origin: &str) -> Vec<Kind> {
+    let server = server_with(crds).await;
+    let client = server.client("default");
+    let mut created = Vec::new();
+    for doc in docs {
+        create(&client, doc).await.unwrap_or_else(|e| {
+            panic!(
+                "{origin}: {} {} rejected by the {crds:?} CRDs: {e}",
+                doc["kind"], doc["metadata"]["name"]
+            )
+        });
+        created.extend(agent_sandbox_kind(doc));
     }
+    created.sort();
     created
 }
 
+fn files(paths: &[PathBuf]) -> Vec<Value> {
+    paths.iter().flat_map(|p| documents(p)).collect()
+}
+
+const TEMPLATE_AND_POOL: [Kind; 2] = [Kind::SandboxTemplate, Kind::SandboxWarmPool];
+
 #[tokio::test]
-async fn the_v1beta1_template_and_warm_pool_pass_the_upstream_crd_schemas() {
-    let files = [
+async fn the_v1beta1_template_and_warm_pool_pass_the_generated_crd_schemas() {
+    let docs = files(&[
         base_dir().join("sandbox-template.yaml"),
         base_dir().join("sandbox-warmpool.yaml"),
-    ];
-    assert_eq!(create_all(&upstream_crd_dir(), &files).await, 2);
+    ]);
+    assert_eq!(
+        create_all(&CrdSource::Generated, &docs, "deploy/base").await,
+        TEMPLATE_AND_POOL
+    );
 }
 
 #[tokio::test]
-async fn the_v1alpha1_template_and_warm_pool_pass_the_v0_4_6_crd_schemas() {
+async fn the_v1alpha1_template_and_warm_pool_pass_the_v1alpha1_only_crd_schemas() {
     let dir = deploy_dir().join("overlays/v1alpha1");
-    let files = [
+    let docs = files(&[
         dir.join("sandbox-template.yaml"),
         dir.join("sandbox-warmpool.yaml"),
-    ];
-    assert_eq!(create_all(&v0_4_6_crd_dir(), &files).await, 2);
+    ]);
+    assert_eq!(
+        create_all(&CrdSource::V1alpha1Only, &docs, "deploy/overlays/v1alpha1").await,
+        TEMPLATE_AND_POOL
+    );
+}
+
+/// Renders `dir` with kustomize and creates its agent-sandbox objects against `crds`; returns
+/// the rendered documents (`None` when kubectl is missing outside CI).
+async fn render_and_create(dir: &str, crds: &CrdSource, version: &str) -> Option<Vec<Value>> {
+    let docs = kustomize(&deploy_dir().join(dir))?;
+    let agent_sandbox = agent_sandbox_documents(&docs);
+    for doc in &agent_sandbox {
+        assert!(
+            doc["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.ends_with(&format!("/{version}"))),
+            "{dir} renders {} {} at {}, not {version}",
+            doc["kind"],
+            doc["metadata"]["name"],
+            doc["apiVersion"]
+        );
+    }
+    assert_eq!(
+        create_all(crds, &agent_sandbox, &format!("kubectl kustomize {dir}")).await,
+        TEMPLATE_AND_POOL,
+        "{dir}"
+    );
+    Some(docs)
+}
+
+fn kinds(docs: &[Value]) -> Vec<&str> {
+    let mut kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    kinds.sort_unstable();
+    kinds
+}
+
+#[tokio::test]
+async fn the_base_and_both_overlays_render_and_their_objects_pass_the_generated_crds() {
+    let Some(base) = render_and_create(".", &CrdSource::Generated, "v1beta1").await else {
+        return;
+    };
+    assert_eq!(
+        kinds(&base),
+        [
+            "Namespace",
+            "Namespace",
+            "Role",
+            "RoleBinding",
+            "SandboxTemplate",
+            "SandboxWarmPool",
+            "ServiceAccount"
+        ]
+    );
+    let kind = render_and_create("overlays/kind", &CrdSource::Generated, "v1beta1")
+        .await
+        .expect("kubectl was found a moment ago");
+    let template = kind
+        .iter()
+        .find(|d| d["kind"] == "SandboxTemplate")
+        .expect("a template");
+    let pod = &template["spec"]["podTemplate"]["spec"];
+    assert!(
+        pod.get("runtimeClassName").is_none(),
+        "kind has no gVisor RuntimeClass"
+    );
+    assert_eq!(pod["containers"][0]["imagePullPolicy"], "Never");
+    let alpha = render_and_create("overlays/v1alpha1", &CrdSource::V1alpha1Only, "v1alpha1")
+        .await
+        .expect("kubectl was found a moment ago");
+    assert_eq!(kinds(&alpha), kinds(&base), "same objects, other version");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 mod artifacts;
 mod bench;
+mod crds;
 mod demo;
 mod e2e;
 mod image;
@@ -31,6 +32,8 @@ enum Task {
     Demo(demo::Demo),
     /// Build what the tests spawn, then run every test in the workspace.
     Test(test::Test),
+    /// Regenerate deploy/crds/ from sandbox-claim's types (`--check`: fail when stale).
+    Crds(crds::Crds),
     /// Speed and memory figures, measured side by side (release build).
     Bench(bench::Bench),
     /// Build the reference agent's container image without a daemon or a base image (OCI layout + docker-archive).
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Demo(task) => task.run(),
         Task::Test(task) => task.run(),
+        Task::Crds(task) => task.run(),
         Task::Bench(task) => task.run(),
         Task::Image(task) => task.run().map(drop),
         Task::E2e(task) => task.run(),

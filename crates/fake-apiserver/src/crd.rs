@@ -5,8 +5,11 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::schema::{PatternError, Patterns};
+
 /// A CRD that cannot be served.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The YAML stream did not parse.
     #[error("parsing CRD YAML: {0}")]
@@ -22,6 +25,17 @@ pub enum Error {
     /// `apiVersion`/`kind` are not `apiextensions.k8s.io/v1` `CustomResourceDefinition`.
     #[error("not an apiextensions.k8s.io/v1 CustomResourceDefinition: {0}")]
     NotACrd(String),
+    /// A `pattern` of a version's schema is not a regular expression the server can run.
+    #[error("CRD {crd:?} version {version}: {source}")]
+    InvalidPattern {
+        /// `metadata.name` of the CRD.
+        crd: String,
+        /// The version whose schema holds the pattern.
+        version: String,
+        /// The pattern, its place and why it does not compile.
+        #[source]
+        source: Box<PatternError>,
+    },
 }
 
 /// One served version of a resource.
@@ -29,6 +43,8 @@ pub enum Error {
 pub(crate) struct Version {
     pub(crate) name: String,
     pub(crate) schema: Option<Value>,
+    /// The compiled `pattern`s of `schema`.
+    pub(crate) patterns: Patterns,
     pub(crate) status_subresource: bool,
 }
 
@@ -111,9 +127,19 @@ impl Resource {
             if v.get("served").and_then(Value::as_bool) == Some(false) {
                 continue;
             }
+            let schema = v.pointer("/schema/openAPIV3Schema").cloned();
+            let patterns = match &schema {
+                Some(s) => Patterns::compile(s).map_err(|source| Error::InvalidPattern {
+                    crd: name.clone(),
+                    version: vname.to_owned(),
+                    source,
+                })?,
+                None => Patterns::default(),
+            };
             versions.push(Version {
                 name: vname.to_owned(),
-                schema: v.pointer("/schema/openAPIV3Schema").cloned(),
+                schema,
+                patterns,
                 status_subresource: v.pointer("/subresources/status").is_some(),
             });
         }

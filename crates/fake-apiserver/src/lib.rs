@@ -49,8 +49,11 @@
 //!
 //! No authentication, no core resources (pods, namespaces), no CRD objects under
 //! `apiextensions.k8s.io`, no version conversion, no managedFields or apply conflicts, no CEL
-//! `x-kubernetes-validations` and no `pattern` checks. `limit`/`continue` are ignored: lists come
-//! back in one page.
+//! `x-kubernetes-validations`, no `anyOf`/`allOf`/`oneOf` value validations and no list-type
+//! uniqueness. Schema validation enforces `required`, `type`, `enum`, `pattern` (with the `regex`
+//! crate: a CRD whose patterns use look-around or back-references is refused at install),
+//! `format: date-time`, `minimum`/`maximum`, `minLength`/`maxLength` and `minItems`/`maxItems`.
+//! `limit`/`continue` are ignored: lists come back in one page.
 
 mod crd;
 mod discovery;
@@ -72,5 +75,6 @@ pub use fault::{Fault, FaultAction, FaultId, FaultMatch};
 pub use handle::{Error, FakeApiServer};
 pub use options::FakeApiServerOptions;
 pub use requests::{RequestLog, Verb};
+pub use schema::PatternError;
 pub use selector::Error as SelectorError;
 pub use status::Cause;

@@ -113,7 +113,7 @@ impl Target<'_> {
         let Some(schema) = self.version.schema.as_ref().filter(|_| opts.validate) else {
             return Ok(());
         };
-        let causes = schema::validate(schema, object, opts.unknown);
+        let causes = schema::validate(schema, &self.version.patterns, object, opts.unknown);
         if causes.is_empty() {
             Ok(())
         } else {

@@ -2,15 +2,21 @@
 //!
 //! Like the real API server this prunes unknown fields, drops `null`s of non-nullable fields and
 //! applies `default`s before validating. Supported keywords: `type`, `properties`, `required`,
-//! `items`, `additionalProperties`, `enum`, `format: date-time`, `maxLength`/`minLength`,
-//! `minimum`/`maximum`, `maxItems`/`minItems`, `nullable`, `x-kubernetes-preserve-unknown-fields`,
-//! `x-kubernetes-int-or-string` and `x-kubernetes-embedded-resource`.
+//! `items`, `additionalProperties`, `enum`, `pattern`, `format: date-time`,
+//! `maxLength`/`minLength`, `minimum`/`maximum`, `maxItems`/`minItems`, `nullable`,
+//! `x-kubernetes-preserve-unknown-fields`, `x-kubernetes-int-or-string` and
+//! `x-kubernetes-embedded-resource`.
 //!
 //! # Caveats
 //!
-//! `pattern`, `anyOf`/`allOf`/`oneOf` value validations, list-type uniqueness and CEL
-//! `x-kubernetes-validations` are not checked (no regex or CEL engine is worth its weight here).
+//! `pattern` is matched with the `regex` crate, not an ECMA-262 engine: a pattern using
+//! look-around or back-references is rejected when the CRD is installed. `anyOf`/`allOf`/`oneOf`
+//! value validations, list-type uniqueness and CEL `x-kubernetes-validations` are not checked (no
+//! CEL engine is worth its weight here).
 
+use std::collections::HashMap;
+
+use regex::Regex;
 use serde_json::{Map, Value};
 
 use crate::status::Cause;
@@ -24,13 +30,96 @@ pub(crate) enum UnknownFields {
     Reject,
 }
 
-/// Validates `object` (a whole custom resource) in place against a version's `openAPIV3Schema`.
+/// The compiled `pattern`s of one schema, keyed by their source text.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Patterns(HashMap<String, Regex>);
+
+/// A `pattern` of a CRD schema that does not compile (see [`CrdError::InvalidPattern`]).
+///
+/// [`CrdError::InvalidPattern`]: crate::CrdError::InvalidPattern
+#[derive(Debug, thiserror::Error)]
+#[error("pattern {pattern:?} at {path} does not compile")]
+pub struct PatternError {
+    /// Where in the version's `openAPIV3Schema` (a JSON pointer).
+    pub path: String,
+    /// The pattern.
+    pub pattern: String,
+    /// Why.
+    #[source]
+    pub source: regex::Error,
+}
+
+impl Patterns {
+    /// Compiles every `pattern` in `schema`, so that a bad one fails at install time as it does on
+    /// a real API server.
+    pub(crate) fn compile(schema: &Value) -> Result<Self, Box<PatternError>> {
+        let mut patterns = HashMap::new();
+        collect_patterns(schema, "", &mut patterns)?;
+        Ok(Self(patterns))
+    }
+
+    fn get(&self, pattern: &str) -> Option<&Regex> {
+        self.0.get(pattern)
+    }
+}
+
+fn collect_patterns(
+    schema: &Value,
+    path: &str,
+    out: &mut HashMap<String, Regex>,
+) -> Result<(), Box<PatternError>> {
+    match schema {
+        Value::Object(map) => {
+            for (key, sub) in map {
+                let sub_path = format!("{path}/{key}");
+                // `properties` names fields; a field called "pattern" is not a keyword.
+                if key == "pattern"
+                    && let Some(p) = sub.as_str()
+                {
+                    if !out.contains_key(p) {
+                        let re = Regex::new(p).map_err(|source| PatternError {
+                            path: sub_path.clone(),
+                            pattern: p.to_owned(),
+                            source,
+                        })?;
+                        out.insert(p.to_owned(), re);
+                    }
+                } else if key == "properties"
+                    && let Some(props) = sub.as_object()
+                {
+                    for (name, prop) in props {
+                        collect_patterns(prop, &format!("{sub_path}/{name}"), out)?;
+                    }
+                } else if key != "enum" && key != "default" && key != "example" {
+                    collect_patterns(sub, &sub_path, out)?;
+                }
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                collect_patterns(item, &format!("{path}/{i}"), out)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Validates `object` (a whole custom resource) in place against a version's `openAPIV3Schema`
+/// (whose `pattern`s are in `patterns`).
 ///
 /// Returns every violation found; an empty list means the (pruned, defaulted) object is valid.
-pub(crate) fn validate(schema: &Value, object: &mut Value, unknown: UnknownFields) -> Vec<Cause> {
+pub(crate) fn validate(
+    schema: &Value,
+    patterns: &Patterns,
+    object: &mut Value,
+    unknown: UnknownFields,
+) -> Vec<Cause> {
     let mut causes = Vec::new();
     let mut walker = Walker {
         unknown,
+        patterns,
         causes: &mut causes,
     };
     walker.root(schema, object);
@@ -39,6 +128,7 @@ pub(crate) fn validate(schema: &Value, object: &mut Value, unknown: UnknownField
 
 struct Walker<'a> {
     unknown: UnknownFields,
+    patterns: &'a Patterns,
     causes: &'a mut Vec<Cause>,
 }
 
@@ -131,6 +221,10 @@ impl Walker<'_> {
     }
 
     fn value(&mut self, schema: &Value, value: &mut Value, path: &str) {
+        // Only nulls of nullable fields get this far (the others were dropped).
+        if value.is_null() && flag(schema, "nullable") {
+            return;
+        }
         if flag(schema, "x-kubernetes-int-or-string") {
             if !(value.is_string() || value.is_i64() || value.is_u64()) {
                 let msg = format!(
@@ -138,6 +232,9 @@ impl Walker<'_> {
                     type_name(value)
                 );
                 self.cause("FieldValueTypeInvalid", path, msg);
+            } else if let Some(s) = value.as_str() {
+                // Quantities: the pattern applies to the string form only.
+                self.pattern(schema, s, path);
             }
             return;
         }
@@ -231,6 +328,9 @@ impl Walker<'_> {
                     ),
                 );
             }
+            if let Some(s) = value.as_str() {
+                self.pattern(schema, s, path);
+            }
             if schema.get("format").and_then(Value::as_str) == Some("date-time")
                 && let Some(s) = value.as_str()
                 && s.parse::<jiff::Timestamp>().is_err()
@@ -282,6 +382,22 @@ impl Walker<'_> {
                     "Invalid value: must have at least the required number of items",
                 );
             }
+        }
+    }
+
+    fn pattern(&mut self, schema: &Value, s: &str, path: &str) {
+        let Some(pattern) = schema.get("pattern").and_then(Value::as_str) else {
+            return;
+        };
+        // Every pattern was compiled at install time; a miss means the schema changed since.
+        if let Some(re) = self.patterns.get(pattern)
+            && !re.is_match(s)
+        {
+            self.cause(
+                "FieldValueInvalid",
+                path,
+                format!("Invalid value: \"{s}\": {path} in body should match '{pattern}'"),
+            );
         }
     }
 
@@ -353,6 +469,10 @@ mod tests {
                 "ref": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "maxLength": 5}}},
                 "policy": {"type": "string", "enum": ["A", "B"], "default": "A"},
                 "count": {"type": "integer", "minimum": 0},
+                "reason": {"type": "string", "pattern": "^[A-Z][a-z]*$"},
+                "quantity": {"x-kubernetes-int-or-string": true, "pattern": "^[0-9]+m?$"},
+                "note": {"type": "string", "nullable": true},
+                "pattern": {"type": "string"},
                 "when": {"type": "string", "format": "date-time"},
                 "port": {"x-kubernetes-int-or-string": true},
                 "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
@@ -360,6 +480,12 @@ mod tests {
                 "list": {"type": "array", "items": {"type": "object", "required": ["n"], "properties": {"n": {"type": "string"}}}}
             }}
         }})
+    }
+
+    fn check(o: &mut Value, unknown: UnknownFields) -> Vec<Cause> {
+        let schema = schema();
+        let patterns = Patterns::compile(&schema).unwrap();
+        validate(&schema, &patterns, o, unknown)
     }
 
     fn fields(causes: &[Cause]) -> Vec<&str> {
@@ -370,7 +496,7 @@ mod tests {
     fn a_valid_object_is_defaulted_and_accepted() {
         let mut o = json!({"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "a"},
             "spec": {"ref": {"name": "p"}, "port": 80, "free": {"x": 1}, "labels": {"a": "b"}, "when": "2024-01-01T00:00:00Z"}});
-        assert!(validate(&schema(), &mut o, UnknownFields::Reject).is_empty());
+        assert!(check(&mut o, UnknownFields::Reject).is_empty());
         assert_eq!(o["spec"]["policy"], "A");
         assert_eq!(o["spec"]["free"]["x"], 1);
     }
@@ -378,7 +504,7 @@ mod tests {
     #[test]
     fn missing_required_fields_are_reported_with_their_path() {
         let mut o = json!({"spec": {"ref": {}, "list": [{}]}});
-        let causes = validate(&schema(), &mut o, UnknownFields::Prune);
+        let causes = check(&mut o, UnknownFields::Prune);
         assert_eq!(fields(&causes), ["spec.list[0].n", "spec.ref.name"]);
         assert_eq!(causes[0].message, "Required value");
     }
@@ -386,11 +512,11 @@ mod tests {
     #[test]
     fn unknown_fields_are_pruned_or_rejected() {
         let mut o = json!({"spec": {"ref": {"name": "p"}, "bogus": 1}, "extra": true});
-        assert!(validate(&schema(), &mut o, UnknownFields::Prune).is_empty());
+        assert!(check(&mut o, UnknownFields::Prune).is_empty());
         assert_eq!(o, json!({"spec": {"ref": {"name": "p"}, "policy": "A"}}));
         let mut o = json!({"spec": {"ref": {"name": "p"}, "bogus": 1}});
         assert_eq!(
-            fields(&validate(&schema(), &mut o, UnknownFields::Reject)),
+            fields(&check(&mut o, UnknownFields::Reject)),
             ["spec.bogus"]
         );
     }
@@ -398,7 +524,7 @@ mod tests {
     #[test]
     fn types_enums_and_bounds_are_checked() {
         let mut o = json!({"spec": {"ref": {"name": "toolong"}, "policy": "C", "count": -1, "port": true, "when": "yesterday", "labels": {"a": 1}}});
-        let causes = validate(&schema(), &mut o, UnknownFields::Reject);
+        let causes = check(&mut o, UnknownFields::Reject);
         let mut got = fields(&causes);
         got.sort_unstable();
         assert_eq!(
@@ -412,5 +538,41 @@ mod tests {
                 "spec.when"
             ]
         );
+    }
+
+    #[test]
+    fn strings_must_match_their_pattern_and_quantities_only_as_strings() {
+        let mut ok = json!({"spec": {"ref": {"name": "p"}, "reason": "Ready", "quantity": "250m", "pattern": "not a keyword"}});
+        assert!(check(&mut ok, UnknownFields::Reject).is_empty());
+        let mut int = json!({"spec": {"ref": {"name": "p"}, "quantity": 2}});
+        assert!(check(&mut int, UnknownFields::Reject).is_empty());
+        let mut bad =
+            json!({"spec": {"ref": {"name": "p"}, "reason": "not-camel", "quantity": "lots"}});
+        let causes = check(&mut bad, UnknownFields::Reject);
+        let mut got = fields(&causes);
+        got.sort_unstable();
+        assert_eq!(got, ["spec.quantity", "spec.reason"]);
+        assert!(
+            causes
+                .iter()
+                .any(|c| c.message.contains("should match '^[A-Z][a-z]*$'")),
+            "{causes:?}"
+        );
+    }
+
+    #[test]
+    fn a_null_is_kept_for_nullable_fields_and_dropped_for_others() {
+        let mut o = json!({"spec": {"ref": {"name": "p"}, "note": null, "count": null}});
+        assert!(check(&mut o, UnknownFields::Reject).is_empty());
+        assert_eq!(o["spec"]["note"], Value::Null);
+        assert!(o["spec"].get("count").is_none());
+    }
+
+    #[test]
+    fn a_pattern_that_does_not_compile_is_reported_with_its_place() {
+        let schema = json!({"properties": {"spec": {"properties": {"x": {"type": "string", "pattern": "(unclosed"}}}}});
+        let err = Patterns::compile(&schema).unwrap_err();
+        assert_eq!(err.path, "/properties/spec/properties/x/pattern");
+        assert_eq!(err.pattern, "(unclosed");
     }
 }

@@ -1,4 +1,4 @@
-//! Discovery, kubeconfig consumers, older CRD releases and server lifecycle.
+//! Discovery, kubeconfig consumers, single-version CRDs and server lifecycle.
 
 mod common;
 
@@ -64,14 +64,9 @@ async fn a_consumer_reads_the_written_kubeconfig() {
 }
 
 #[tokio::test]
-async fn v1alpha1_only_crds_from_release_0_4_6_install_and_serve() {
+async fn v1alpha1_only_crds_install_and_serve_only_v1alpha1() {
     let server = FakeApiServer::start().await.unwrap();
-    server
-        .install_crd_yaml(&read_crd("release-v0.4.6/extensions.yaml"))
-        .unwrap();
-    server
-        .install_crd_yaml(&read_crd("release-v0.4.6/manifest.yaml"))
-        .unwrap();
+    install_v1alpha1_only(&server);
     let ar = ApiResource {
         group: EXT_GROUP.into(),
         version: "v1alpha1".into(),
@@ -88,7 +83,7 @@ async fn v1alpha1_only_crds_from_release_0_4_6_install_and_serve() {
         "schema defaults are applied"
     );
 
-    // v1beta1 is not served by this release.
+    // v1beta1 is not served by these CRDs.
     let beta: Api<DynamicObject> = Api::namespaced_with(server.client(NS), NS, &claim_resource());
     assert!(api_status(beta.list(&ListParams::default()).await.unwrap_err()).is_not_found());
 

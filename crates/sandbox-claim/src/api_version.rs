@@ -1,4 +1,9 @@
 //! Which agent-sandbox API version a cluster serves.
+//!
+//! `v1beta1` is the default everywhere in this crate: agent-sandbox v1.0 (2026-08-28) serves
+//! `v1beta1` only, and v0.5 and later store it. `v1alpha1` stays for clusters that have not
+//! reached 1.0 yet (v0.4.x serves `v1alpha1` only); [`detect`] picks it only when `v1beta1`
+//! is not served.
 
 use std::fmt;
 
@@ -10,10 +15,11 @@ pub const SANDBOX_GROUP: &str = "agents.x-k8s.io";
 /// An agent-sandbox API version.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ApiVersion {
-    /// `v1beta1` (agent-sandbox v0.5+): claims name a warm pool.
+    /// `v1beta1` (agent-sandbox v0.5+, the only version v1.0 serves; the default): claims
+    /// name a warm pool.
     #[default]
     V1beta1,
-    /// `v1alpha1` (v0.4.x clusters): claims name a template.
+    /// `v1alpha1` (pre-1.0 clusters; the only version v0.4.x serves): claims name a template.
     V1alpha1,
 }
 

@@ -15,15 +15,18 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules: [`types`] (both API versions), [`naming`], [`labels`], [`reason`], [`wait`],
-//! [`retry`], [`options`], [`handle`], [`api_version`].
+//! Modules: [`types`] (both API versions; `v1beta1` is the default), [`crds`] (the
+//! CustomResourceDefinitions generated from them), [`naming`], [`labels`], [`reason`],
+//! [`wait`], [`retry`], [`options`], [`handle`], [`api_version`].
 //!
 //! # Features
 //! - `testing`: a fake cluster ([`testing::FakeCluster`]: the in-process fake API server
-//!   plus a simulated agent-sandbox controller) for tests and demos.
+//!   serving the CRDs of [`crds`], plus a simulated agent-sandbox controller) for tests and
+//!   demos; it needs no files on disk.
 
 pub mod api_version;
 mod claim;
+pub mod crds;
 pub mod handle;
 pub mod labels;
 pub mod naming;

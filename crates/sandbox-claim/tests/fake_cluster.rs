@@ -1,6 +1,6 @@
 //! The claim lifecycle against the fake cluster: the real kube client over HTTP, the fake
-//! API server validating every write against the upstream CRDs (strict unknown fields), and
-//! the simulated agent-sandbox controller.
+//! API server validating every write against the CRDs generated from the types (strict
+//! unknown fields), and the simulated agent-sandbox controller.
 
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};

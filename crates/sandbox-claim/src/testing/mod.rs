@@ -1,9 +1,9 @@
 //! A fake agent-sandbox cluster for tests and demos (feature `testing`).
 //!
 //! [`FakeCluster`] = the in-process fake API server (re-exported from `fake_apiserver`)
-//! with the upstream CRDs installed, plus a [`SimulatedController`] that plays the
-//! agent-sandbox controller through a real `kube::Client`, plus a pluggable
-//! [`PodRuntime`] that decides what a pod is.
+//! serving the CRDs generated from [`crate::types`] ([`crate::crds`]; no files on disk), plus
+//! a [`SimulatedController`] that plays the agent-sandbox controller through a real
+//! `kube::Client`, plus a pluggable [`PodRuntime`] that decides what a pod is.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,6 +16,17 @@
 //! let handle = claims.acquire("conversation-1").await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Other CRDs (an upstream release's, say) replace the generated ones with
+//! [`FakeClusterOptions::crds`] or join them with [`FakeClusterOptions::extra_crd_yaml`]:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use sandbox_claim::testing::{CrdSource, FakeCluster, FakeClusterOptions};
+//! let upstream = FakeClusterOptions::default().crds(CrdSource::Dir("path/to/agent-sandbox/crds".into()));
+//! let cluster = FakeCluster::start(upstream).await?;
+//! # Ok(()) }
+//! ```
 
 mod controller;
 mod runtime;
@@ -25,32 +36,46 @@ pub use fake_apiserver::*;
 pub use runtime::{LoopbackRuntime, PodRequest, PodRuntime, PodRuntimeError, PodStarted};
 
 use crate::api_version::{ApiVersion, EXTENSIONS_GROUP};
+use crate::crds::{self, CrdVersions};
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Errors of the fake cluster.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClusterError {
     /// The fake API server did not start.
     #[error("failed to start the fake API server")]
     Start(#[source] fake_apiserver::Error),
-    /// A CRD file could not be read.
+    /// The CRDs could not be generated from the types.
+    #[error("failed to generate the CRDs")]
+    GenerateCrds(#[source] crds::Error),
+    /// A generated CRD did not serialize to JSON.
+    #[error("failed to serialize the generated CRD {name}")]
+    SerializeCrd {
+        /// `metadata.name` of the CRD.
+        name: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A CRD file or directory could not be read.
     #[error("failed to read CRD file {path}")]
     ReadCrd {
-        /// The file.
+        /// The file or directory.
         path: PathBuf,
         /// Why.
         #[source]
         source: std::io::Error,
     },
     /// A CRD could not be installed.
-    #[error("failed to install CRDs from {path}")]
+    #[error("failed to install CRDs from {origin}")]
     InstallCrd {
-        /// The file.
-        path: PathBuf,
+        /// Where the CRDs came from: a file, `YAML document N`, or `generated`.
+        origin: String,
         /// Why.
         #[source]
         source: fake_apiserver::Error,
@@ -68,14 +93,108 @@ pub enum ClusterError {
     },
 }
 
-/// The upstream CRDs in this workspace's `../shared` checkout (both versions served).
-pub fn upstream_crd_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/agent-sandbox/crds")
+/// Which CRDs [`FakeCluster::start`] installs.
+#[derive(Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CrdSource {
+    /// Generated from [`crate::types`]: `v1beta1` (storage) and `v1alpha1` served
+    /// ([`CrdVersions::Current`]). The default.
+    #[default]
+    Generated,
+    /// Generated, `v1alpha1` only ([`CrdVersions::V1alpha1Only`]): a v0.4.x cluster.
+    V1alpha1Only,
+    /// These YAML streams, in order; each may hold several documents, and documents that are
+    /// not CustomResourceDefinitions are ignored (an install manifest works as it is).
+    Yaml(Vec<String>),
+    /// Every `*.yaml` file directly inside this directory, sorted by name; subdirectories and
+    /// documents that are not CRDs are ignored.
+    Dir(PathBuf),
 }
 
-/// The v0.4.6 release CRDs (v1alpha1 only).
-pub fn v0_4_6_crd_dir() -> PathBuf {
-    upstream_crd_dir().join("release-v0.4.6")
+impl std::fmt::Debug for CrdSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Generated => f.write_str("Generated"),
+            Self::V1alpha1Only => f.write_str("V1alpha1Only"),
+            // The documents are thousands of lines long.
+            Self::Yaml(streams) => write!(f, "Yaml({} streams)", streams.len()),
+            Self::Dir(dir) => f.debug_tuple("Dir").field(dir).finish(),
+        }
+    }
+}
+
+impl CrdSource {
+    /// Installs these CRDs into `server`; a CRD replaces an installed one of the same group
+    /// and plural.
+    ///
+    /// # Errors
+    /// [`ClusterError::GenerateCrds`], [`ClusterError::ReadCrd`] (with [`CrdSource::Dir`]) or
+    /// [`ClusterError::InstallCrd`] (a document that does not parse or is not a servable CRD).
+    pub fn install(&self, server: &FakeApiServer) -> Result<(), ClusterError> {
+        match self {
+            Self::Generated => install_generated(server, CrdVersions::Current),
+            Self::V1alpha1Only => install_generated(server, CrdVersions::V1alpha1Only),
+            Self::Yaml(streams) => {
+                for (i, yaml) in streams.iter().enumerate() {
+                    install_yaml(server, yaml, || format!("YAML document {}", i + 1))?;
+                }
+                Ok(())
+            }
+            Self::Dir(dir) => {
+                let read_err = |source| ClusterError::ReadCrd {
+                    path: dir.clone(),
+                    source,
+                };
+                let mut files = Vec::new();
+                for entry in std::fs::read_dir(dir).map_err(read_err)? {
+                    let path = entry.map_err(read_err)?.path();
+                    if path.is_file() && path.extension().is_some_and(|x| x == "yaml") {
+                        files.push(path);
+                    }
+                }
+                files.sort();
+                for path in files {
+                    let yaml =
+                        std::fs::read_to_string(&path).map_err(|source| ClusterError::ReadCrd {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    install_yaml(server, &yaml, || path.display().to_string())?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn install_generated(server: &FakeApiServer, versions: CrdVersions) -> Result<(), ClusterError> {
+    for crd in crds::all(versions).map_err(ClusterError::GenerateCrds)? {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let value = serde_json::to_value(&crd).map_err(|source| ClusterError::SerializeCrd {
+            name: name.clone(),
+            source,
+        })?;
+        server
+            .install_crd(value)
+            .map_err(|source| ClusterError::InstallCrd {
+                origin: format!("generated {name}"),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+fn install_yaml(
+    server: &FakeApiServer,
+    yaml: &str,
+    origin: impl Fn() -> String,
+) -> Result<(), ClusterError> {
+    server
+        .install_crd_yaml(yaml)
+        .map_err(|source| ClusterError::InstallCrd {
+            origin: origin(),
+            source,
+        })
 }
 
 /// Options of [`FakeCluster::start`].
@@ -83,10 +202,13 @@ pub fn v0_4_6_crd_dir() -> PathBuf {
 pub struct FakeClusterOptions {
     /// Namespace the controller serves and the client defaults to.
     pub namespace: String,
-    /// Directory whose `*.yaml` files hold the CRDs (non-CRD documents are ignored).
-    pub crd_dir: PathBuf,
+    /// The CRDs to serve.
+    pub crds: CrdSource,
+    /// More CRD YAML streams installed after [`FakeClusterOptions::crds`] (a CRD here
+    /// replaces one of the same group and plural; non-CRD documents are ignored).
+    pub extra_crd_yaml: Vec<String>,
     /// Version the simulated controller speaks (the fake server does not convert between
-    /// versions, so use the version your client speaks).
+    /// versions, so use the version your client speaks, and CRDs that serve it).
     pub version: ApiVersion,
     /// When cold sandboxes turn Ready.
     pub ready_mode: ReadyMode,
@@ -100,7 +222,8 @@ impl std::fmt::Debug for FakeClusterOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FakeClusterOptions")
             .field("namespace", &self.namespace)
-            .field("crd_dir", &self.crd_dir)
+            .field("crds", &self.crds)
+            .field("extra_crd_yaml", &self.extra_crd_yaml.len())
             .field("version", &self.version)
             .field("ready_mode", &self.ready_mode)
             .finish_non_exhaustive()
@@ -111,7 +234,10 @@ impl Default for FakeClusterOptions {
     fn default() -> Self {
         Self {
             namespace: "default".into(),
-            crd_dir: upstream_crd_dir(),
+            // The CRDs this crate generates, embedded: no files on disk.
+            crds: CrdSource::Generated,
+            extra_crd_yaml: Vec::new(),
+            // v1beta1 is what agent-sandbox v0.5+ stores and v1.0 serves.
             version: ApiVersion::V1beta1,
             // Fast enough for tests, slow enough that a wait really waits.
             ready_mode: ReadyMode::After(Duration::from_millis(50)),
@@ -122,14 +248,36 @@ impl Default for FakeClusterOptions {
 }
 
 impl FakeClusterOptions {
-    /// A v0.4.6 cluster: v1alpha1 CRDs only, controller speaking v1alpha1.
+    /// A v0.4.6 cluster: v1alpha1 CRDs only ([`CrdSource::V1alpha1Only`]), controller
+    /// speaking v1alpha1.
     #[must_use]
     pub fn v0_4_6() -> Self {
         Self {
-            crd_dir: v0_4_6_crd_dir(),
+            crds: CrdSource::V1alpha1Only,
             version: ApiVersion::V1alpha1,
             ..Self::default()
         }
+    }
+
+    /// Sets [`FakeClusterOptions::crds`].
+    #[must_use]
+    pub fn crds(mut self, crds: CrdSource) -> Self {
+        self.crds = crds;
+        self
+    }
+
+    /// Adds one YAML stream to [`FakeClusterOptions::extra_crd_yaml`].
+    #[must_use]
+    pub fn extra_crd_yaml(mut self, yaml: impl Into<String>) -> Self {
+        self.extra_crd_yaml.push(yaml.into());
+        self
+    }
+
+    /// Sets [`FakeClusterOptions::version`].
+    #[must_use]
+    pub fn version(mut self, version: ApiVersion) -> Self {
+        self.version = version;
+        self
     }
 
     /// Sets [`FakeClusterOptions::ready_mode`].
@@ -164,34 +312,6 @@ pub struct FakeCluster {
     version: ApiVersion,
 }
 
-/// Installs every `*.yaml` file of `dir` (sorted; non-CRD documents are ignored).
-///
-/// # Errors
-/// [`ClusterError::ReadCrd`] / [`ClusterError::InstallCrd`].
-pub fn install_crds(server: &FakeApiServer, dir: &Path) -> Result<(), ClusterError> {
-    let read_err = |source| ClusterError::ReadCrd {
-        path: dir.to_owned(),
-        source,
-    };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(read_err)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    for path in files {
-        let yaml = std::fs::read_to_string(&path).map_err(|source| ClusterError::ReadCrd {
-            path: path.clone(),
-            source,
-        })?;
-        server
-            .install_crd_yaml(&yaml)
-            .map_err(|source| ClusterError::InstallCrd { path, source })?;
-    }
-    Ok(())
-}
-
 impl FakeCluster {
     /// Starts the server, installs the CRDs and starts the controller.
     ///
@@ -201,7 +321,8 @@ impl FakeCluster {
         let server = FakeApiServer::start_with(options.server.clone())
             .await
             .map_err(ClusterError::Start)?;
-        install_crds(&server, &options.crd_dir)?;
+        options.crds.install(&server)?;
+        CrdSource::Yaml(options.extra_crd_yaml).install(&server)?;
         let controller = SimulatedController::start(
             server.client(&options.namespace),
             &options.namespace,

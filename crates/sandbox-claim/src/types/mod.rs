@@ -1,16 +1,23 @@
-//! Typed agent-sandbox resources for both served API versions.
+//! Typed agent-sandbox resources for both API versions, and the source of this crate's CRDs.
 //!
-//! These mirror the upstream CRDs; this crate never installs its own CRDs (the derived
-//! schemas exist only because `kube::CustomResource` requires them).
+//! [`v1beta1`] is the default everywhere: agent-sandbox v1.0 (2026-08-28) serves `v1beta1`
+//! only, v0.5 and later store it. [`v1alpha1`] stays for clusters still on v0.4.x (pre-1.0),
+//! which serve nothing else.
+//!
+//! The CustomResourceDefinitions in [`crate::crds`] (and `deploy/crds/` in the repository)
+//! are generated from these types with `kube::CustomResourceExt`: every field, default,
+//! enum and bound declared here is what the fake API server of the `testing` feature
+//! enforces, and what the simulated controller and [`crate::Claims`] may write.
 
 mod common;
 pub mod v1alpha1;
 pub mod v1beta1;
 
 pub use common::{
-    ClaimSandboxStatus, EmbeddedObjectMetadata, EnvVar, Lifecycle, NameRef,
-    PersistentVolumeClaimTemplate, PodMetadata, PodTemplate, SandboxClaimStatus, SandboxStatus,
-    SandboxWarmPoolStatus, ShutdownPolicy, UpdateStrategy,
+    ClaimSandboxStatus, EmbeddedObjectMetadata, EnvVar, EnvVarsInjectionPolicy, Lifecycle, NameRef,
+    NetworkPolicy, NetworkPolicyManagement, OperatingMode, PersistentVolumeClaimTemplate,
+    PodMetadata, PodTemplate, SandboxClaimStatus, SandboxShutdownPolicy, ShutdownPolicy,
+    UpdateStrategy, UpdateStrategyType, VolumeClaimTemplatesPolicy,
 };
 
 use crate::api_version::ApiVersion;
