@@ -40,7 +40,7 @@ use crate::crds::{self, CrdVersions};
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::json;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Errors of the fake cluster.
@@ -168,20 +168,42 @@ impl CrdSource {
 }
 
 fn install_generated(server: &FakeApiServer, versions: CrdVersions) -> Result<(), ClusterError> {
-    for crd in crds::all(versions).map_err(ClusterError::GenerateCrds)? {
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        let value = serde_json::to_value(&crd).map_err(|source| ClusterError::SerializeCrd {
-            name: name.clone(),
-            source,
-        })?;
+    for (name, crd) in generated(versions)? {
         server
-            .install_crd(value)
+            .install_crd(crd.clone())
             .map_err(|source| ClusterError::InstallCrd {
                 origin: format!("generated {name}"),
                 source,
             })?;
     }
     Ok(())
+}
+
+/// The generated CRDs of `versions` as JSON, with their names; built once per process
+/// (generating the PodSpec schemas takes a while in debug builds, and every test starts a
+/// cluster).
+fn generated(
+    versions: CrdVersions,
+) -> Result<&'static [(String, serde_json::Value)], ClusterError> {
+    static CURRENT: OnceLock<Vec<(String, serde_json::Value)>> = OnceLock::new();
+    static V1ALPHA1_ONLY: OnceLock<Vec<(String, serde_json::Value)>> = OnceLock::new();
+    let cell = match versions {
+        CrdVersions::V1alpha1Only => &V1ALPHA1_ONLY,
+        _ => &CURRENT,
+    };
+    if let Some(done) = cell.get() {
+        return Ok(done);
+    }
+    let mut out = Vec::new();
+    for crd in crds::all(versions).map_err(ClusterError::GenerateCrds)? {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let value = serde_json::to_value(&crd).map_err(|source| ClusterError::SerializeCrd {
+            name: name.clone(),
+            source,
+        })?;
+        out.push((name, value));
+    }
+    Ok(cell.get_or_init(|| out))
 }
 
 fn install_yaml(
