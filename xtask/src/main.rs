@@ -4,6 +4,7 @@
 //! keep in sync with CI.
 
 mod bench;
+mod codegen;
 mod demo;
 mod e2e;
 mod image;
@@ -35,6 +36,8 @@ enum Task {
     Image(image::Image),
     /// Run the whole pipeline on a real kind cluster (needs kind, docker or podman, kubectl).
     E2e(e2e::E2e),
+    /// Regenerate the protobuf code committed in axp-transport from `proto/` (`--check` only compares).
+    Codegen(codegen::Codegen),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(task) => task.run(),
         Task::Image(task) => task.run().map(drop),
         Task::E2e(task) => task.run(),
+        Task::Codegen(task) => task.run(),
     }
 }
 

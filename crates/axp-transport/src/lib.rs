@@ -25,10 +25,14 @@ pub use client::{AxpClient, ClientError, ClientOptions};
 pub use server::{AgentServer, ServerOptions, ServerTls};
 
 /// Generated protobuf types and gRPC stubs for package `ax`.
+///
+/// Generated from the workspace's `proto/` by `cargo xtask codegen` and
+/// committed in `src/generated/`, so building this crate needs no protos and no
+/// `protoc`; a test in `xtask` fails when the committed files are stale.
 pub mod pb {
     #![allow(missing_docs, missing_debug_implementations, clippy::all)]
-    tonic::include_proto!("ax");
+    include!("generated/ax.rs");
 
     /// Encoded `FileDescriptorSet` of the AXP protos, for gRPC server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ax_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/ax_descriptor.bin");
 }
