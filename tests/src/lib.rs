@@ -1,6 +1,6 @@
 //! The whole pipeline on one machine: the fake cluster from `sandbox-claim`
 //! (feature `testing`), "pods" that are real `python-sandbox-agent`
-//! processes, and the agent-sandbox backend from `axp-transport`.
+//! processes, and the agent-sandbox backend from `agent-sandbox-backend`.
 //!
 //! - [`LocalAgentRuntime`] is the pod runtime: each Sandbox gets its own
 //!   agent process bound to its own loopback address `127.x.y.z:8494`, so
@@ -312,15 +312,12 @@ impl Pipeline {
     pub async fn backend(
         &self,
         extra: &str,
-    ) -> anyhow::Result<axp_transport::sandbox_agent::AgentSandboxAgent> {
-        let registry = axp_transport::registry::Registry::from_yaml(&self.ax_yaml(extra))?;
+    ) -> anyhow::Result<agent_sandbox_backend::AgentSandboxAgent> {
+        let registry = agent_sandbox_backend::Registry::from_yaml(&self.ax_yaml(extra))?;
         let entry = registry.get("py").expect("the entry above");
         Ok(
-            axp_transport::sandbox_agent::AgentSandboxAgent::from_config(
-                self.cluster.client(),
-                entry,
-            )
-            .await?,
+            agent_sandbox_backend::AgentSandboxAgent::from_config(self.cluster.client(), entry)
+                .await?,
         )
     }
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use axp_transport::registry::Registry;
+use agent_sandbox_backend::Registry;
 use kube::{
     Api,
     api::{ApiResource, DynamicObject, PostParams},

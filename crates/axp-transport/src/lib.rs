@@ -5,9 +5,6 @@
 //! - [`server::AgentServer`] serves any [`Agent`] with the wire contract enforced
 //!   (ids echoed, exactly one `end`), plus `grpc.health.v1` and reflection.
 //! - [`content`] builds and reads AXP messages.
-//! - [`registry`] reads the `agent_sandbox_agents` section of AX's `ax.yaml`.
-//! - `sandbox_agent` (feature `agent-sandbox`): the backend that claims a sandbox per
-//!   conversation (crate `sandbox-claim`) and speaks AXP to it.
 //! - [`pb`] holds the generated protobuf types (package `ax`).
 //!
 //! The wire contract is in `proto/` and `../shared/axp-wire-contract.md`.
@@ -15,9 +12,6 @@
 pub mod agent;
 pub mod client;
 pub mod content;
-pub mod registry;
-#[cfg(feature = "agent-sandbox")]
-pub mod sandbox_agent;
 pub mod server;
 
 pub use agent::{Agent, AgentError, Execution, OutputStream};

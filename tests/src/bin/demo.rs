@@ -12,12 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agent_sandbox_backend::{AgentSandboxAgent, ExecutionReport, Registry};
 use anyhow::Context as _;
 use axp_transport::{
     content,
     pb::{AgentStart, Message, content::Type},
-    registry::Registry,
-    sandbox_agent::{AgentSandboxAgent, ExecutionReport},
 };
 use clap::Parser;
 use pipeline::{Pipeline, WARM_POOL};

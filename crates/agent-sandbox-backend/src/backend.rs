@@ -1,5 +1,5 @@
 //! The agent-sandbox backend: runs an AXP agent in a sandbox checked out for
-//! each conversation (feature `agent-sandbox`).
+//! each conversation.
 //!
 //! # Expected flow
 //!
@@ -38,11 +38,12 @@ use futures::StreamExt;
 use sandbox_claim::{ApiVersion, ClaimOptions, Claims, SandboxHandle, VersionSelection};
 use tokio::{sync::Mutex, time::Instant};
 
-use crate::{
+use axp_transport::{
     client::{AxpClient, ClientError, ClientOptions},
     pb::{AgentStart, Message},
-    registry::{AgentSandboxAgentConfig, ApiVersionSetting, ConnectionMode, ReleasePolicy},
 };
+
+use crate::registry::{AgentSandboxAgentConfig, ApiVersionSetting, ConnectionMode, ReleasePolicy};
 
 /// How an [`AgentSandboxAgent`] claims sandboxes and reaches its agents.
 #[derive(Debug, Clone)]
@@ -168,7 +169,8 @@ type Slot = Arc<Mutex<Option<Endpoint>>>;
 /// # Example
 ///
 /// ```no_run
-/// use axp_transport::{content, pb::AgentStart, sandbox_agent::{AgentSandboxAgent, SandboxAgentOptions}};
+/// use agent_sandbox_backend::backend::{AgentSandboxAgent, SandboxAgentOptions};
+/// use axp_transport::{content, pb::AgentStart};
 /// use sandbox_claim::ClaimOptions;
 ///
 /// # async fn run(kube: kube::Client) -> Result<(), Box<dyn std::error::Error>> {

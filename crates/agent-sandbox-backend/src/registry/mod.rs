@@ -195,7 +195,7 @@ impl Registry {
     /// # Example
     ///
     /// ```
-    /// use axp_transport::registry::Registry;
+    /// use agent_sandbox_backend::registry::Registry;
     ///
     /// let yaml = "registry:\n  agent_sandbox_agents:\n    - id: py\n      namespace: agents\n      warm_pool: python-pool\n";
     /// let registry = Registry::from_yaml(yaml).unwrap();

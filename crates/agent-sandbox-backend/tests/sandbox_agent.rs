@@ -12,11 +12,12 @@ use std::{
     time::Duration,
 };
 
+use agent_sandbox_backend::{
+    AgentSandboxAgent, ConnectionMode, Registry, ReleasePolicy, SandboxAgentError,
+    SandboxAgentOptions,
+};
 use axp_transport::{
-    Agent, AgentError, AgentServer, Execution, OutputStream, ServerOptions, content,
-    pb::AgentStart,
-    registry::{ConnectionMode, Registry, ReleasePolicy},
-    sandbox_agent::{AgentSandboxAgent, SandboxAgentError, SandboxAgentOptions},
+    Agent, AgentError, AgentServer, Execution, OutputStream, ServerOptions, content, pb::AgentStart,
 };
 use futures::future::BoxFuture;
 use sandbox_claim::{
