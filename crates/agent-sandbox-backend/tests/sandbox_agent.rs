@@ -13,7 +13,7 @@ use std::{
 };
 
 use agent_sandbox_backend::{
-    AgentSandboxAgent, ConnectionMode, Registry, ReleasePolicy, SandboxAgentError,
+    AgentSandboxAgent, ConfigError, ConnectionMode, Registry, ReleasePolicy, SandboxAgentError,
     SandboxAgentOptions,
 };
 use axp_transport::{
@@ -681,7 +681,13 @@ async fn an_entry_without_what_the_cluster_needs_is_a_config_error() {
     let error = AgentSandboxAgent::from_config(setup.cluster.client(), registry.get("py").unwrap())
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("warm_pool"), "{error}");
+    match &error {
+        SandboxAgentError::Config(ConfigError::MissingSource { field, .. }) => {
+            assert_eq!(*field, "warm_pool");
+        }
+        other => panic!("expected a missing warm pool, got {other:?}"),
+    }
+    assert_eq!(claims_left(&setup), 0, "nothing was claimed");
 }
 
 #[tokio::test]

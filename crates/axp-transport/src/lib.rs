@@ -5,6 +5,7 @@
 //! - [`server::AgentServer`] serves any [`Agent`] with the wire contract enforced
 //!   (ids echoed, exactly one `end`), plus `grpc.health.v1` and reflection.
 //! - [`content`] builds and reads AXP messages.
+//! - [`conventions`]: the AXP port and the line an agent binary prints once it listens.
 //! - [`pb`] holds the generated protobuf types (package `ax`).
 //!
 //! The wire contract is in `proto/` and `../shared/axp-wire-contract.md`.
@@ -12,10 +13,12 @@
 pub mod agent;
 pub mod client;
 pub mod content;
+pub mod conventions;
 pub mod server;
 
 pub use agent::{Agent, AgentError, Execution, OutputStream};
 pub use client::{AxpClient, ClientError, ClientOptions};
+pub use conventions::DEFAULT_PORT;
 pub use server::{AgentServer, ServerOptions, ServerTls};
 
 /// Generated protobuf types and gRPC stubs for package `ax`.
