@@ -145,20 +145,25 @@ impl Image {
             if self.check {
                 // The check runs a snippet in the image through the AXP client (a separate build: building both
                 // packages at once could unify features differently and rebuild the agent).
-                step("cargo build --release -p axp-transport --bin axp", || {
-                    cmd!(
-                        "cargo",
-                        "build",
-                        "--release",
-                        "--package",
-                        "axp-transport",
-                        "--bin",
-                        "axp"
-                    )
-                    .dir(&root)
-                    .run()
-                    .context("building the axp client")
-                })?;
+                step(
+                    "cargo build --release -p axp-transport --features cli --bin axp",
+                    || {
+                        cmd!(
+                            "cargo",
+                            "build",
+                            "--release",
+                            "--package",
+                            "axp-transport",
+                            "--features",
+                            "cli",
+                            "--bin",
+                            "axp"
+                        )
+                        .dir(&root)
+                        .run()
+                        .context("building the axp client")
+                    },
+                )?;
             }
         }
         let target_dir = super::target_dir()?;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run -p axp-transport --example upper_agent -- 127.0.0.1:8494
-//! cargo run -p axp-transport --bin axp -- call 127.0.0.1:8494 --prompt "hello there"
+//! cargo run -p axp-transport --features cli --bin axp -- call 127.0.0.1:8494 --prompt "hello there"
 //! ```
 
 use std::time::Duration;
