@@ -6,6 +6,7 @@ use std::time::Duration;
 use axp_transport::{
     ClientError,
     pb::{AgentStart, Message},
+    remote::ExecutionSummary,
 };
 use futures::StreamExt;
 use sandbox_claim::SandboxHandle;
@@ -35,6 +36,18 @@ pub struct ExecutionReport {
     pub ended: bool,
     /// Whether the claim had to be re-resolved because the known endpoint failed.
     pub re_resolved: bool,
+}
+
+impl ExecutionReport {
+    /// The protocol-neutral part, as [`RemoteAgent`](axp_transport::remote::RemoteAgent) reports it.
+    pub fn summary(&self) -> ExecutionSummary {
+        ExecutionSummary {
+            frames: self.frames,
+            ended: self.ended,
+            first_output: self.first_output,
+            total: self.total,
+        }
+    }
 }
 
 /// How one call to the agent failed.

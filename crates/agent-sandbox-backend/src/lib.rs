@@ -17,6 +17,9 @@
 //! 4. [`AgentSandboxAgent::release`] gives the sandbox back when the
 //!    conversation ends; [`AgentSandboxAgent::close`] gives back all of them.
 //!
+//! The backend is also an [`axp_transport::remote::RemoteAgent`], so a
+//! controller can hold it beside plain AXP endpoints as `Box<dyn RemoteAgent>`.
+//!
 //! # Modules
 //!
 //! - [`registry`]: the `ax.yaml` section, parsed and validated.
@@ -24,6 +27,7 @@
 //! - [`error`]: which step of an execution failed.
 //! - The backend itself: the handle ([`AgentSandboxAgent`]), the per-conversation
 //!   state, one execution with its re-resolve and retry, claim renewal, and release.
+//! - [`testing`] (feature `testing`): loopback addresses for "pods" on one machine.
 //!
 //! # Example
 //!
@@ -56,7 +60,10 @@ mod execution;
 pub mod options;
 pub mod registry;
 mod release;
+mod remote;
 mod renewal;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use agent::AgentSandboxAgent;
 pub use error::SandboxAgentError;

@@ -6,6 +6,8 @@
 //!   (ids echoed, exactly one `end`), plus `grpc.health.v1` and reflection.
 //! - [`content`] builds and reads AXP messages.
 //! - [`conventions`]: the AXP port and the line an agent binary prints once it listens.
+//! - [`remote::RemoteAgent`]: the one trait a controller holds every kind of
+//!   remote agent by; [`remote::EndpointAgent`] is the plain `host:port` kind.
 //! - [`pb`] holds the generated protobuf types (package `ax`).
 //!
 //! The wire contract is in `proto/` and `../shared/axp-wire-contract.md`.
@@ -14,11 +16,13 @@ pub mod agent;
 pub mod client;
 pub mod content;
 pub mod conventions;
+pub mod remote;
 pub mod server;
 
 pub use agent::{Agent, AgentError, Execution, OutputStream};
 pub use client::{AxpClient, ClientError, ClientOptions};
 pub use conventions::DEFAULT_PORT;
+pub use remote::{EndpointAgent, RemoteAgent, RemoteAgentError};
 pub use server::{AgentServer, ServerOptions, ServerTls};
 
 /// Generated protobuf types and gRPC stubs for package `ax`.
