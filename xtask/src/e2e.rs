@@ -761,9 +761,10 @@ fn unreachable_pods(os: &str, engine: Engine, facts: &EngineFacts) -> Option<Str
 fn unreachable_message(reason: &str) -> String {
     format!(
         "e2e cannot run here: {reason}.\n\
-         The demo runs on this host and connects to each sandbox at podIP:8494 (like an AX controller in direct \
+         The demo runs on this host and connects to each sandbox at podIP:{port} (like an AX controller in direct \
          mode), so it needs the pod subnet routed from here. Run e2e on a Linux host with rootful Docker or \
-         Podman, or, if you have made the pod IPs reachable yourself, pass --no-route."
+         Podman, or, if you have made the pod IPs reachable yourself, pass --no-route.",
+        port = axp_transport::DEFAULT_PORT
     )
 }
 
@@ -898,8 +899,9 @@ fn route_failure_message(
     };
     let mut message = format!(
         "could not route the pod subnet from this host ({said}).\n\
-         The demo runs here and connects to podIP:8494, so the pod subnet must be routed via the kind node. \
-         {why}:\n"
+         The demo runs here and connects to podIP:{port}, so the pod subnet must be routed via the kind node. \
+         {why}:\n",
+        port = axp_transport::DEFAULT_PORT
     );
     for route in routes {
         message.push_str(&format!(

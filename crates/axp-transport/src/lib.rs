@@ -10,7 +10,8 @@
 //!   remote agent by; [`remote::EndpointAgent`] is the plain `host:port` kind.
 //! - [`pb`] holds the generated protobuf types (package `ax`).
 //!
-//! The wire contract is in `proto/` and `../shared/axp-wire-contract.md`.
+//! The wire contract is the protos (the repository's `proto/`, compiled into [`pb`])
+//! plus the rules [`server`] enforces and [`client`] checks, listed in their Guarantees.
 
 pub mod agent;
 pub mod client;
