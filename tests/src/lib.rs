@@ -1,9 +1,10 @@
 //! The whole pipeline on one machine: the fake cluster from `sandbox-claim`
 //! (feature `testing`), "pods" that are real `python-sandbox-agent`
-//! processes, and the agent-sandbox backend from `axp-transport`.
+//! processes, and the agent-sandbox backend from `agent-sandbox-backend`.
 //!
 //! - [`LocalAgentRuntime`] is the pod runtime: each Sandbox gets its own
-//!   agent process bound to its own loopback address `127.x.y.z:8494`, so
+//!   agent process bound to its own loopback address `127.x.y.z` and the AXP
+//!   port ([`axp_transport::DEFAULT_PORT`]), so
 //!   the backend connects to a "pod IP" and a fixed port exactly as in a
 //!   cluster.
 //! - [`agent_binary`] finds the agent binary that `cargo xtask test` (or the
@@ -13,7 +14,7 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     path::PathBuf,
     process::Stdio,
     sync::{
@@ -23,13 +24,11 @@ use std::{
     time::Duration,
 };
 
-use axp_transport::{AxpClient, ClientOptions, client::WaitOptions};
+use agent_sandbox_backend::testing::next_loopback_ip;
+use axp_transport::{AxpClient, ClientOptions, DEFAULT_PORT, client::WaitOptions};
 use futures::future::BoxFuture;
 use python_sandbox_agent::LocalAgent;
 use sandbox_claim::testing::{PodRequest, PodRuntime, PodRuntimeError, PodStarted};
-
-/// The port every agent listens on, as in the SandboxTemplate.
-pub const AGENT_PORT: u16 = 8494;
 
 /// The reference agent binary: `$PYTHON_SANDBOX_AGENT_BIN`, else beside the
 /// running executable (or one directory up, for test binaries in `deps/`).
@@ -61,14 +60,13 @@ pub fn agent_binary() -> PathBuf {
 ///
 /// # Caveats
 ///
-/// Addresses come from 127.0.0.0/8, offset by the process id so that test
-/// binaries running side by side rarely pick the same ones; an address that
-/// is taken is skipped.
+/// Addresses come from [`next_loopback_ip`], offset by the process id so that
+/// test binaries running side by side rarely pick the same ones; an address
+/// that is taken is skipped.
 #[derive(Debug)]
 pub struct LocalAgentRuntime {
     binary: PathBuf,
     args: Vec<String>,
-    base: u32,
     pods: Mutex<HashMap<(String, String), LocalAgent>>,
     started: AtomicU32,
 }
@@ -84,28 +82,9 @@ impl LocalAgentRuntime {
         Self {
             binary,
             args: args.into_iter().map(Into::into).collect(),
-            // 127.1.0.0 upwards: leaves 127.0.0.x to everything else on the machine.
-            base: (1 << 16) + (std::process::id() % 128) * 4096,
             pods: Mutex::new(HashMap::new()),
             started: AtomicU32::new(0),
         }
-    }
-
-    fn next_ip(&self) -> IpAddr {
-        // One counter for the whole process: an address is never handed out twice
-        // (up to 4096 pods), so a stale endpoint of one test can never reach the
-        // agent of another test running beside it.
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = self.base + NEXT.fetch_add(1, Ordering::Relaxed) % 4096;
-        // Host parts .0 and .255 are avoided; 127.0.0.0/8 is all loopback on Linux.
-        let host = (n % 254) + 1;
-        let subnet = n / 254;
-        IpAddr::V4(Ipv4Addr::new(
-            127,
-            1 + (subnet / 256) as u8,
-            (subnet % 256) as u8,
-            host as u8,
-        ))
     }
 
     /// Agent processes running now.
@@ -149,8 +128,8 @@ impl LocalAgentRuntime {
         let mut last_error = String::new();
         // A few addresses, in case another process holds one.
         for _ in 0..4 {
-            let ip = self.next_ip();
-            let listen = SocketAddr::new(ip, AGENT_PORT);
+            let ip = next_loopback_ip();
+            let listen = SocketAddr::new(ip, DEFAULT_PORT);
             let mut command = tokio::process::Command::new(&self.binary);
             command
                 .arg("--listen")
@@ -300,7 +279,7 @@ impl Pipeline {
     /// (each indented like the others: `"      ttl: 5s\n"`).
     pub fn ax_yaml(&self, extra: &str) -> String {
         format!(
-            "registry:\n  agent_sandbox_agents:\n    - id: py\n      namespace: {NAMESPACE}\n      warm_pool: {WARM_POOL}\n      template: {TEMPLATE}\n      port: {AGENT_PORT}\n      protocol: axp\n      ready_timeout: 60s\n{extra}"
+            "registry:\n  agent_sandbox_agents:\n    - id: py\n      namespace: {NAMESPACE}\n      warm_pool: {WARM_POOL}\n      template: {TEMPLATE}\n      port: {DEFAULT_PORT}\n      protocol: axp\n      ready_timeout: 60s\n{extra}"
         )
     }
 
@@ -312,15 +291,12 @@ impl Pipeline {
     pub async fn backend(
         &self,
         extra: &str,
-    ) -> anyhow::Result<axp_transport::sandbox_agent::AgentSandboxAgent> {
-        let registry = axp_transport::registry::Registry::from_yaml(&self.ax_yaml(extra))?;
+    ) -> anyhow::Result<agent_sandbox_backend::AgentSandboxAgent> {
+        let registry = agent_sandbox_backend::Registry::from_yaml(&self.ax_yaml(extra))?;
         let entry = registry.get("py").expect("the entry above");
         Ok(
-            axp_transport::sandbox_agent::AgentSandboxAgent::from_config(
-                self.cluster.client(),
-                entry,
-            )
-            .await?,
+            agent_sandbox_backend::AgentSandboxAgent::from_config(self.cluster.client(), entry)
+                .await?,
         )
     }
 

@@ -6,7 +6,7 @@ mod support;
 
 use std::path::PathBuf;
 
-use axp_transport::registry::Registry;
+use agent_sandbox_backend::Registry;
 use sandbox_claim::crds::Kind;
 use sandbox_claim::testing::CrdSource;
 use serde_json::Value;

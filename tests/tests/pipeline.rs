@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
+use agent_sandbox_backend::{AgentSandboxAgent, ExecutionReport, SandboxAgentError};
 use axp_transport::{
     content,
     pb::{AgentStart, Message},
-    sandbox_agent::{AgentSandboxAgent, ExecutionReport, SandboxAgentError},
 };
 use pipeline::Pipeline;
 use sandbox_claim::testing::{FakeClusterOptions, Fault, Verb};

@@ -41,6 +41,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+use axp_transport::conventions::{LISTENING_PREFIX, parse_listening_line};
 use duct::cmd;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -49,12 +50,10 @@ use sha2::{Digest as _, Sha256};
 pub const BINARY: &str = "/usr/local/bin/python-sandbox-agent";
 /// The unprivileged user (and group) the image runs as, as in distroless images and `deploy/base/sandbox-template.yaml`.
 pub const NONROOT: u32 = 65532;
-/// The AXP port.
-pub const PORT: u16 = 8494;
+/// The AXP port the image's agent serves on.
+pub const PORT: u16 = axp_transport::DEFAULT_PORT;
 /// The tag written into the image when `--tag` is not given.
 pub const DEFAULT_TAG: &str = "python-sandbox-agent:dev";
-/// What the agent prints on stdout once it serves (`python_sandbox_agent::local::LISTENING_PREFIX`).
-const LISTENING_PREFIX: &str = "listening on ";
 /// Top-level stdlib entries that an agent never imports (tests, GUIs, pip bootstrap).
 const STDLIB_EXCLUDED: &[&str] = &["test", "idlelib", "tkinter", "turtledemo", "ensurepip"];
 
@@ -145,20 +144,25 @@ impl Image {
             if self.check {
                 // The check runs a snippet in the image through the AXP client (a separate build: building both
                 // packages at once could unify features differently and rebuild the agent).
-                step("cargo build --release -p axp-transport --bin axp", || {
-                    cmd!(
-                        "cargo",
-                        "build",
-                        "--release",
-                        "--package",
-                        "axp-transport",
-                        "--bin",
-                        "axp"
-                    )
-                    .dir(&root)
-                    .run()
-                    .context("building the axp client")
-                })?;
+                step(
+                    "cargo build --release -p axp-transport --features cli --bin axp",
+                    || {
+                        cmd!(
+                            "cargo",
+                            "build",
+                            "--release",
+                            "--package",
+                            "axp-transport",
+                            "--features",
+                            "cli",
+                            "--bin",
+                            "axp"
+                        )
+                        .dir(&root)
+                        .run()
+                        .context("building the axp client")
+                    },
+                )?;
             }
         }
         let target_dir = super::target_dir()?;
@@ -1151,8 +1155,8 @@ fn check(built: &Built, spec: &ConfigSpec, axp: Option<PathBuf>) -> anyhow::Resu
             let outcome = loop {
                 match listening.recv_timeout(Duration::from_millis(200)) {
                     Ok(line) => {
-                        if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
-                            break Ok(addr.to_owned());
+                        if let Some(addr) = parse_listening_line(&line) {
+                            break Ok(addr.to_string());
                         }
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
@@ -1164,7 +1168,9 @@ fn check(built: &Built, spec: &ConfigSpec, axp: Option<PathBuf>) -> anyhow::Resu
                         }
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {
-                        break Err(anyhow::anyhow!("no `{LISTENING_PREFIX}…` line in 60 s"));
+                        break Err(anyhow::anyhow!(
+                            "no `{LISTENING_PREFIX}<addr>` line in 60 s"
+                        ));
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => {
                         break Err(anyhow::anyhow!("the agent closed stdout before listening"));

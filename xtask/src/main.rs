@@ -5,6 +5,7 @@
 
 mod artifacts;
 mod bench;
+mod codegen;
 mod crds;
 mod demo;
 mod e2e;
@@ -42,6 +43,8 @@ enum Task {
     E2e(e2e::E2e),
     /// Package every publishable crate and build each from its package alone (a dry run).
     PublishCheck(publish::PublishCheck),
+    /// Regenerate the protobuf code committed in axp-transport from `proto/` (`--check` only compares).
+    Codegen(codegen::Codegen),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Task::Image(task) => task.run().map(drop),
         Task::E2e(task) => task.run(),
         Task::PublishCheck(task) => task.run(),
+        Task::Codegen(task) => task.run(),
     }
 }
 

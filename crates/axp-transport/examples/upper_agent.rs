@@ -3,13 +3,14 @@
 //!
 //! ```text
 //! cargo run -p axp-transport --example upper_agent -- 127.0.0.1:8494
-//! cargo run -p axp-transport --bin axp -- call 127.0.0.1:8494 --prompt "hello there"
+//! cargo run -p axp-transport --features cli --bin axp -- call 127.0.0.1:8494 --prompt "hello there"
 //! ```
 
 use std::time::Duration;
 
 use axp_transport::{
-    Agent, AgentError, AgentServer, Execution, OutputStream, ServerOptions, content,
+    Agent, AgentError, AgentServer, DEFAULT_PORT, Execution, OutputStream, ServerOptions, content,
+    conventions::listening_line,
 };
 
 struct UpperAgent;
@@ -37,11 +38,12 @@ impl Agent for UpperAgent {
 async fn main() -> anyhow::Result<()> {
     let addr = std::env::args()
         .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8494".into());
+        .unwrap_or_else(|| format!("127.0.0.1:{DEFAULT_PORT}"));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    println!("upper agent listening on {}", listener.local_addr()?);
     let server = AgentServer::new(UpperAgent, ServerOptions::default());
     server.health().set_serving().await;
+    // The line launchers wait for, once the agent can take calls.
+    println!("{}", listening_line(listener.local_addr()?));
     server
         .serve(listener, async {
             let _ = tokio::signal::ctrl_c().await;

@@ -82,6 +82,7 @@ pub trait Agent: Send + Sync + 'static {
 
 /// Why an agent refused or failed an execution; each variant is one gRPC code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AgentError {
     /// The request cannot be run as it is (no code in it, bad options).
     #[error("invalid argument: {0}")]

@@ -131,6 +131,7 @@ impl std::fmt::Debug for TlsOptions {
 
 /// Why a call to an agent failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The endpoint is not a valid URI.
     #[error("invalid agent endpoint {endpoint:?}")]
@@ -156,6 +157,11 @@ pub enum ClientError {
     /// A request id, the token or an extra header cannot be sent as gRPC metadata.
     #[error("{what} cannot be sent as gRPC metadata (it must be visible ASCII)")]
     InvalidMetadata { what: String },
+    /// The connection for the call could not be made (refused, unreachable,
+    /// TLS handshake failed): the agent never saw the request. Sent as
+    /// `UNAVAILABLE` by gRPC.
+    #[error("could not reach the agent: {message}")]
+    Unreachable { message: String },
     /// The agent (or the connection) ended the call with a gRPC status.
     #[error("agent returned {code:?}: {message}")]
     Status { code: Code, message: String },
@@ -186,10 +192,11 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The gRPC code, when the agent answered with a status.
+    /// The gRPC code the call ended with, when it had one.
     pub fn code(&self) -> Option<Code> {
         match self {
             Self::Status { code, .. } => Some(*code),
+            Self::Unreachable { .. } => Some(Code::Unavailable),
             Self::DeadlineExceeded { .. } => Some(Code::DeadlineExceeded),
             _ => None,
         }
@@ -198,27 +205,27 @@ impl ClientError {
     /// Whether the failure happened before the agent could have done anything:
     /// the connection was never made or was refused. Safe to retry elsewhere.
     pub fn is_connect_failure(&self) -> bool {
-        matches!(self, Self::Connect { .. })
-            || matches!(self, Self::Status { code: Code::Unavailable, message } if is_connect_message(message))
+        matches!(self, Self::Connect { .. } | Self::Unreachable { .. })
     }
 }
 
-/// tonic reports a refused or reset connection as UNAVAILABLE with a transport message.
-fn is_connect_message(message: &str) -> bool {
-    let message = message.to_ascii_lowercase();
-    [
-        "error trying to connect",
-        "connection refused",
-        "tcp connect error",
-        "transport error",
-        "dns error",
-    ]
-    .iter()
-    .any(|needle| message.contains(needle))
+/// Whether tonic built `status` from a failure to connect: its source chain
+/// holds the connector's [`tonic::ConnectError`] (the type, not the wording,
+/// says so).
+fn is_connect_error(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        if cause.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 impl From<Status> for ClientError {
     fn from(status: Status) -> Self {
+        let unreachable = is_connect_error(&status);
         // Transport failures arrive as a terse status ("tcp connect error") with the
         // reason ("Connection refused") only in the source chain: keep both.
         let mut message = status.message().to_owned();
@@ -230,9 +237,13 @@ impl From<Status> for ClientError {
             }
             source = cause.source();
         }
-        Self::Status {
-            code: status.code(),
-            message,
+        if unreachable {
+            Self::Unreachable { message }
+        } else {
+            Self::Status {
+                code: status.code(),
+                message,
+            }
         }
     }
 }
@@ -665,16 +676,18 @@ mod tests {
 
     #[test]
     fn a_refused_connection_counts_as_a_connect_failure_but_an_agent_status_does_not() {
-        let refused = ClientError::Status {
-            code: Code::Unavailable,
-            message: "tcp connect error: Connection refused (os error 111)".into(),
-        };
-        assert!(refused.is_connect_failure());
-        let shutting_down = ClientError::Status {
-            code: Code::Unavailable,
-            message: "agent server is shutting down".into(),
-        };
-        assert!(!shutting_down.is_connect_failure());
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let refused = ClientError::from(Status::from_error(Box::new(tonic::ConnectError(
+            Box::new(io),
+        ))));
+        assert!(refused.is_connect_failure(), "{refused:?}");
+        assert_eq!(refused.code(), Some(Code::Unavailable));
+        // Whatever an agent's status says, it came from the agent.
+        let agent_says = ClientError::from(Status::unavailable(
+            "tcp connect error: Connection refused (os error 111)",
+        ));
+        assert!(!agent_says.is_connect_failure(), "{agent_says:?}");
+        assert_eq!(agent_says.code(), Some(Code::Unavailable));
     }
 
     #[test]

@@ -127,6 +127,7 @@ impl std::fmt::Debug for ServerOptions {
 
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     /// The reflection service could not load the AXP descriptors.
     #[error("could not build the gRPC reflection service")]

@@ -1,7 +1,12 @@
 //! Options: the agent's (from flags and env, see [`Cli`]) and each execution's (from `AgentStart.agent_config`).
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
+use axp_transport::{DEFAULT_PORT, ServerOptions};
 use serde::Deserialize;
 
 use crate::worker::WorkerOptions;
@@ -63,6 +68,7 @@ pub struct ExecOptions {
 
 /// Why `agent_config` was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// Not a JSON object with the known keys.
     #[error(
@@ -152,28 +158,28 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Address to serve AXP on (use port 0 to pick a free port; the chosen address is printed on stdout).
-    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8494")]
+    #[arg(long, env = "LISTEN_ADDR", default_value_t = flag_defaults::listen())]
     pub listen: SocketAddr,
     /// Default execution timeout in seconds (agent_config `timeout_secs` overrides it).
-    #[arg(long, env = "PYTHON_TIMEOUT_SECS", default_value_t = 25.0)]
+    #[arg(long, env = "PYTHON_TIMEOUT_SECS", default_value_t = flag_defaults::agent().default_timeout.as_secs_f64())]
     pub timeout_secs: f64,
     /// Largest timeout an execution may ask for, in seconds.
-    #[arg(long, env = "PYTHON_MAX_TIMEOUT_SECS", default_value_t = 3600.0)]
+    #[arg(long, env = "PYTHON_MAX_TIMEOUT_SECS", default_value_t = flag_defaults::agent().max_timeout.as_secs_f64())]
     pub max_timeout_secs: f64,
     /// Default output kept per stream (stdout, stderr) per execution, in bytes; the rest is dropped with a marker.
-    #[arg(long, env = "PYTHON_OUTPUT_LIMIT_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "PYTHON_OUTPUT_LIMIT_BYTES", default_value_t = flag_defaults::agent().default_output_limit)]
     pub output_limit_bytes: u64,
     /// Largest output limit an execution may ask for, in bytes.
-    #[arg(long, env = "PYTHON_MAX_OUTPUT_LIMIT_BYTES", default_value_t = 4 << 20)]
+    #[arg(long, env = "PYTHON_MAX_OUTPUT_LIMIT_BYTES", default_value_t = flag_defaults::agent().max_output_limit)]
     pub max_output_limit_bytes: u64,
     /// Address-space limit of the Python worker in MiB (RLIMIT_AS; 0 = unlimited).
-    #[arg(long, env = "PYTHON_MEMORY_LIMIT_MB", default_value_t = 2048)]
+    #[arg(long, env = "PYTHON_MEMORY_LIMIT_MB", default_value_t = flag_defaults::mib(flag_defaults::limits().memory_bytes))]
     pub memory_limit_mb: u64,
     /// Largest file the Python code may write, in MiB (RLIMIT_FSIZE; 0 = unlimited).
-    #[arg(long, env = "PYTHON_FILE_SIZE_LIMIT_MB", default_value_t = 1024)]
+    #[arg(long, env = "PYTHON_FILE_SIZE_LIMIT_MB", default_value_t = flag_defaults::mib(flag_defaults::limits().file_size_bytes))]
     pub file_size_limit_mb: u64,
     /// Open files the Python worker may have (RLIMIT_NOFILE).
-    #[arg(long, env = "PYTHON_OPEN_FILES", default_value_t = 1024)]
+    #[arg(long, env = "PYTHON_OPEN_FILES", default_value_t = flag_defaults::limits().open_files)]
     pub open_files: u64,
     /// Refuse subprocess, os.system, os.exec* and os.posix_spawn in Python code (os.fork is always refused).
     #[arg(long, env = "PYTHON_BLOCK_SUBPROCESS")]
@@ -182,7 +188,7 @@ pub struct Cli {
     #[arg(long, env = "PYTHON_AGENT_UNPINNED")]
     pub unpinned: bool,
     /// With --unpinned: conversations with a live worker at once (the least recently used idle one is evicted).
-    #[arg(long, env = "PYTHON_MAX_CONVERSATIONS", default_value_t = 16)]
+    #[arg(long, env = "PYTHON_MAX_CONVERSATIONS", default_value_t = flag_defaults::agent().max_conversations)]
     pub max_conversations: usize,
     /// File holding the bearer token AXP callers must send (`authorization: Bearer <token>`).
     #[arg(long, env = "AXP_TOKEN_FILE")]
@@ -191,13 +197,13 @@ pub struct Cli {
     #[arg(long = "token", env = "AXP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Seconds running executions get to finish after SIGTERM before they are cancelled.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 25.0)]
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = ServerOptions::default().grace_period.as_secs_f64())]
     pub grace_period_secs: f64,
     /// Largest gRPC message, in bytes.
-    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = ServerOptions::default().max_message_size)]
     pub max_message_bytes: usize,
     /// Executions running at once across all conversations; more are refused with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "MAX_CONCURRENT_EXECUTIONS", default_value_t = 64)]
+    #[arg(long, env = "MAX_CONCURRENT_EXECUTIONS", default_value_t = ServerOptions::default().max_concurrent_executions)]
     pub max_concurrent_executions: usize,
     /// Testing aid: wait this long before starting the Python worker (health stays NOT_SERVING meanwhile).
     #[arg(long, hide = true, default_value_t = 0)]
@@ -205,6 +211,30 @@ pub struct Cli {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// The flags' defaults, read from the options' `Default` impls so that each
+/// default is defined once, there.
+mod flag_defaults {
+    use super::*;
+
+    /// Every interface, on the AXP port.
+    pub(super) fn listen() -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT))
+    }
+
+    pub(super) fn agent() -> AgentOptions {
+        AgentOptions::default()
+    }
+
+    pub(super) fn limits() -> crate::worker::child::Limits {
+        WorkerOptions::default().limits
+    }
+
+    /// A byte limit in MiB, as the flags take it; 0 means unlimited.
+    pub(super) fn mib(bytes: Option<u64>) -> u64 {
+        bytes.map_or(0, |bytes| bytes >> 20)
+    }
 }
 
 /// Log output format.
@@ -234,7 +264,7 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub file_size_limit_bytes: Option<u64>,
     /// RLIMIT_NOFILE.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = flag_defaults::limits().open_files)]
     pub open_files: u64,
     /// Refuse subprocesses.
     #[arg(long)]
@@ -297,6 +327,46 @@ impl Cli {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_flags_the_agent_runs_with_the_options_defaults() {
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from(["python-sandbox-agent"]).unwrap();
+        assert_eq!(cli.listen.port(), DEFAULT_PORT);
+        assert!(cli.listen.ip().is_unspecified());
+        let from_flags = cli.agent_options();
+        let defaults = AgentOptions::default();
+        assert_eq!(from_flags.default_timeout, defaults.default_timeout);
+        assert_eq!(from_flags.max_timeout, defaults.max_timeout);
+        assert_eq!(
+            from_flags.default_output_limit,
+            defaults.default_output_limit
+        );
+        assert_eq!(from_flags.max_output_limit, defaults.max_output_limit);
+        assert_eq!(from_flags.max_conversations, defaults.max_conversations);
+        assert_eq!(
+            from_flags.worker.limits.memory_bytes,
+            defaults.worker.limits.memory_bytes
+        );
+        assert_eq!(
+            from_flags.worker.limits.file_size_bytes,
+            defaults.worker.limits.file_size_bytes
+        );
+        assert_eq!(
+            from_flags.worker.limits.open_files,
+            defaults.worker.limits.open_files
+        );
+        let server = ServerOptions::default();
+        assert_eq!(
+            Duration::from_secs_f64(cli.grace_period_secs),
+            server.grace_period
+        );
+        assert_eq!(cli.max_message_bytes, server.max_message_size);
+        assert_eq!(
+            cli.max_concurrent_executions,
+            server.max_concurrent_executions
+        );
+    }
 
     #[test]
     fn empty_agent_config_means_defaults() {

@@ -7,16 +7,15 @@ use std::{
     time::Duration,
 };
 
+use axp_transport::conventions::parse_listening_line;
 use tokio::{
     io::{AsyncBufReadExt as _, BufReader},
     process::{Child, Command},
 };
 
-/// What the binary prints on stdout once it listens: `listening on <addr>`.
-pub const LISTENING_PREFIX: &str = "listening on ";
-
 /// Why the agent process could not be started.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The binary could not be spawned.
     #[error("could not spawn {0}")]
@@ -27,7 +26,8 @@ pub enum Error {
     /// It did not say where it listens in time.
     #[error("the agent did not listen within {0:?}")]
     Timeout(Duration),
-    /// The `listening on` line was malformed.
+    /// The first line was not the `listening on <addr>` line
+    /// ([`axp_transport::conventions::listening_line`]).
     #[error("the agent printed an unexpected start-up line: {0:?}")]
     BadLine(String),
 }
@@ -79,10 +79,7 @@ impl LocalAgent {
             .ok()
             .flatten()
             .ok_or(Error::ExitedEarly)?;
-        let addr = line
-            .strip_prefix(LISTENING_PREFIX)
-            .and_then(|a| a.trim().parse().ok())
-            .ok_or_else(|| Error::BadLine(line.clone()))?;
+        let addr = parse_listening_line(&line).ok_or_else(|| Error::BadLine(line.clone()))?;
         // Keep draining stdout so the agent never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Self { child, addr })

@@ -3,12 +3,14 @@
 use std::{io::Write as _, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
-use axp_transport::server::{AgentServer, ServerOptions};
+use axp_transport::{
+    conventions::listening_line,
+    server::{AgentServer, ServerOptions},
+};
 use clap::Parser as _;
 use python_sandbox_agent::{
     PythonAgent,
     config::{Cli, Command, LogFormat},
-    local::LISTENING_PREFIX,
     worker::child::{self, Limits},
 };
 
@@ -113,7 +115,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     tracing::info!(%addr, "serving AXP, grpc.health.v1 and reflection");
     {
         let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "{LISTENING_PREFIX}{addr}");
+        let _ = writeln!(stdout, "{}", listening_line(addr));
         let _ = stdout.flush();
     }
     let result = serving.await.context("the server task panicked")?;

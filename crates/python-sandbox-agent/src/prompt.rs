@@ -7,6 +7,7 @@ use axp_transport::{content, pb::AgentStart};
 
 /// Why no code could be found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Neither `subagent_prompt` nor a user text message was sent.
     #[error("no code to run: AgentStart has no subagent_prompt and no user text message")]

@@ -12,12 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agent_sandbox_backend::{AgentSandboxAgent, ExecutionReport, Registry};
 use anyhow::Context as _;
 use axp_transport::{
-    content,
+    DEFAULT_PORT, content,
     pb::{AgentStart, Message, content::Type},
-    registry::Registry,
-    sandbox_agent::{AgentSandboxAgent, ExecutionReport},
 };
 use clap::Parser;
 use pipeline::{Pipeline, WARM_POOL};
@@ -112,8 +111,8 @@ async fn run(cli: Cli, interrupted: tokio::sync::watch::Receiver<bool>) -> anyho
     };
 
     let yaml = format!(
-        "registry:\n  agent_sandbox_agents:\n    - id: py\n      name: Python Sandbox Agent\n      namespace: {}\n      warm_pool: {}\n      template: {}\n      port: 8494\n      protocol: axp\n      ready_timeout: 2m\n      ttl: 30m\n      call_timeout: 60s\n",
-        cli.namespace, cli.warm_pool, cli.template
+        "registry:\n  agent_sandbox_agents:\n    - id: py\n      name: Python Sandbox Agent\n      namespace: {}\n      warm_pool: {}\n      template: {}\n      port: {}\n      protocol: axp\n      ready_timeout: 2m\n      ttl: 30m\n      call_timeout: 60s\n",
+        cli.namespace, cli.warm_pool, cli.template, DEFAULT_PORT
     );
     let registry = Registry::from_yaml(&yaml)?;
     let agent =
@@ -199,8 +198,11 @@ async fn converse(
     };
     let report = turn(agent, conversation, "turn-1", start, clock).await?;
     println!(
-        "        sandbox {} (claim {}) at {}:8494",
-        report.sandbox.sandbox_name, report.sandbox.claim_name, report.sandbox.pod_ip
+        "        sandbox {} (claim {}) at {}:{}",
+        report.sandbox.sandbox_name,
+        report.sandbox.claim_name,
+        report.sandbox.pod_ip,
+        agent.options().port
     );
     timings(&report);
 

@@ -224,9 +224,10 @@ pub(super) fn unreachable_pods(os: &str, engine: Engine, facts: &EngineFacts) ->
 pub(super) fn unreachable_message(reason: &str) -> String {
     format!(
         "e2e cannot run here: {reason}.\n\
-         The demo runs on this host and connects to each sandbox at podIP:8494 (like an AX controller in direct \
+         The demo runs on this host and connects to each sandbox at podIP:{port} (like an AX controller in direct \
          mode), so it needs the pod subnet routed from here. Run e2e on a Linux host with rootful Docker or \
-         Podman, or, if you have made the pod IPs reachable yourself, pass --no-route."
+         Podman, or, if you have made the pod IPs reachable yourself, pass --no-route.",
+        port = axp_transport::DEFAULT_PORT
     )
 }
 

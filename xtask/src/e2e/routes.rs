@@ -144,8 +144,9 @@ pub(super) fn route_failure_message(
     };
     let mut message = format!(
         "could not route the pod subnet from this host ({said}).\n\
-         The demo runs here and connects to podIP:8494, so the pod subnet must be routed via the kind node. \
-         {why}:\n"
+         The demo runs here and connects to podIP:{port}, so the pod subnet must be routed via the kind node. \
+         {why}:\n",
+        port = axp_transport::DEFAULT_PORT
     );
     for route in routes {
         message.push_str(&format!(

@@ -1,4 +1,5 @@
-//! `axp`: poke any AXP agent by hand.
+//! `axp`: poke any AXP agent by hand. Built with the `cli` feature:
+//! `cargo run -p axp-transport --features cli --bin axp -- health 127.0.0.1:8494`.
 //!
 //! ```text
 //! axp call 127.0.0.1:8494 'print(6*7)'                # legacy envelope only

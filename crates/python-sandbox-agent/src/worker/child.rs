@@ -47,6 +47,7 @@ pub struct Limits {
 
 /// Why the worker could not start (it then reports `Fatal` and exits 1).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Moving the protocol fds or creating the capture pipes failed.
     #[error("could not set up the worker's file descriptors")]

@@ -49,6 +49,7 @@ impl Kind {
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The pipe failed or closed mid-frame.
     #[error("pipe I/O failed")]

@@ -58,6 +58,7 @@ impl Default for WorkerOptions {
 
 /// Why a worker could not be started or talked to.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The process could not be spawned.
     #[error("could not spawn the Python worker process")]

@@ -2,281 +2,24 @@
 //! over HTTP, the simulated agent-sandbox controller, and in-process AXP
 //! agents served at each "pod IP" over real TCP.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
-    },
-    time::Duration,
-};
+mod support;
 
-use axp_transport::{
-    Agent, AgentError, AgentServer, Execution, OutputStream, ServerOptions, content,
-    pb::AgentStart,
-    registry::{ConnectionMode, Registry, ReleasePolicy},
-    sandbox_agent::{AgentSandboxAgent, SandboxAgentError, SandboxAgentOptions},
+use std::{net::SocketAddr, sync::atomic::Ordering, time::Duration};
+
+use agent_sandbox_backend::{
+    AgentSandboxAgent, ConfigError, ConnectionMode, Registry, ReleasePolicy, SandboxAgentError,
+    SandboxAgentOptions,
 };
-use futures::future::BoxFuture;
+use axp_transport::content;
 use sandbox_claim::{
-    ClaimOptions, Claims, RetryPolicy,
-    testing::{
-        FakeCluster, FakeClusterOptions, PodRequest, PodRuntime, PodRuntimeError, PodStarted,
-        ReadyMode, Verb,
-    },
+    Claims,
+    testing::{FakeCluster, FakeClusterOptions, PodRequest, PodRuntime, ReadyMode, Verb},
 };
-use tokio::sync::oneshot;
+use support::{
+    Behaviour, POOL, PORT, ServingRuntime, TEMPLATE, backend, claims_left, options, run, setup,
+    setup_with, start,
+};
 use tonic::Code;
-
-const POOL: &str = "python-pool";
-const TEMPLATE: &str = "python";
-const PORT: u16 = 8494;
-
-/// What the agents in the "pods" do: count turns per conversation and say where they run.
-#[derive(Clone, Copy)]
-enum Behaviour {
-    Count,
-    /// One output, then a failure: the call broke after output started.
-    FailAfterOutput,
-    /// Refuse: an agent's own error before any output.
-    Refuse,
-    /// Take this long before answering.
-    Slow(Duration),
-}
-
-struct PodAgent {
-    address: SocketAddr,
-    turns: Mutex<HashMap<String, u32>>,
-    behaviour: Behaviour,
-    executions: Arc<AtomicU32>,
-    metadata: Arc<Mutex<Vec<HashMap<String, String>>>>,
-}
-
-impl Agent for PodAgent {
-    async fn execute(&self, execution: Execution) -> Result<OutputStream, AgentError> {
-        self.executions.fetch_add(1, Ordering::SeqCst);
-        let headers = execution
-            .metadata
-            .iter()
-            .filter_map(|entry| match entry {
-                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
-                    Some((k.to_string(), v.to_str().ok()?.to_owned()))
-                }
-                tonic::metadata::KeyAndValueRef::Binary(..) => None,
-            })
-            .collect();
-        self.metadata.lock().unwrap().push(headers);
-        let turn = {
-            let mut turns = self.turns.lock().unwrap();
-            let turn = turns.entry(execution.conversation_id.clone()).or_default();
-            *turn += 1;
-            *turn
-        };
-        let text = format!("turn {turn} at {}", self.address.ip());
-        match self.behaviour {
-            Behaviour::Count => Ok(Box::pin(futures::stream::iter([Ok(vec![
-                content::model_text(text),
-            ])]))),
-            Behaviour::Slow(pause) => Ok(Box::pin(async_stream::stream! {
-                tokio::time::sleep(pause).await;
-                yield Ok(vec![content::model_text(text)]);
-            })),
-            Behaviour::FailAfterOutput => Ok(Box::pin(futures::stream::iter([
-                Ok(vec![content::model_text(text)]),
-                Err(AgentError::Unavailable("worker crashed mid-way".into())),
-            ]))),
-            Behaviour::Refuse => Err(AgentError::PermissionDenied(
-                "pinned to another conversation".into(),
-            )),
-        }
-    }
-}
-
-/// Pods are in-process AXP servers on their own loopback address.
-/// One counter for the whole test binary: an address is never reused, so a
-/// stale endpoint of one test cannot reach another test's agent.
-static NEXT_ADDRESS: AtomicU32 = AtomicU32::new(0);
-
-struct ServingRuntime {
-    base: u32,
-    behaviour: Behaviour,
-    pods: Mutex<HashMap<String, (IpAddr, oneshot::Sender<()>)>>,
-    started: AtomicU32,
-    executions: Arc<AtomicU32>,
-    metadata: Arc<Mutex<Vec<HashMap<String, String>>>>,
-}
-
-impl ServingRuntime {
-    fn new(behaviour: Behaviour) -> Arc<Self> {
-        Arc::new(Self {
-            // Spread test binaries and tests over 127.2.x.x so parallel runs do not collide.
-            base: (std::process::id() % 200) * 250,
-            behaviour,
-            pods: Mutex::new(HashMap::new()),
-            started: AtomicU32::new(0),
-            executions: Arc::new(AtomicU32::new(0)),
-            metadata: Arc::new(Mutex::new(Vec::new())),
-        })
-    }
-
-    fn running(&self) -> usize {
-        self.pods.lock().unwrap().len()
-    }
-
-    /// Stops a pod's server as a crash would.
-    fn crash(&self, pod: &str) {
-        if let Some((_, stop)) = self.pods.lock().unwrap().remove(pod) {
-            let _ = stop.send(());
-        }
-    }
-
-    async fn serve(&self, request: &PodRequest) -> Result<PodStarted, PodRuntimeError> {
-        for _ in 0..8 {
-            let n = (self.base + NEXT_ADDRESS.fetch_add(1, Ordering::SeqCst)) % 60_000;
-            let ip = IpAddr::V4(Ipv4Addr::new(127, 2, (n / 250) as u8, (n % 250 + 1) as u8));
-            let Some(stop) = self
-                .serve_at(SocketAddr::new(ip, PORT), self.behaviour)
-                .await
-            else {
-                continue;
-            };
-            self.started.fetch_add(1, Ordering::SeqCst);
-            self.pods
-                .lock()
-                .unwrap()
-                .insert(request.pod_name.clone(), (ip, stop));
-            return Ok(PodStarted {
-                ip,
-                pod_name: request.pod_name.clone(),
-            });
-        }
-        Err(PodRuntimeError {
-            message: "no free loopback address".into(),
-        })
-    }
-
-    /// Serves an agent at `address`; `None` when the address is taken.
-    async fn serve_at(
-        &self,
-        address: SocketAddr,
-        behaviour: Behaviour,
-    ) -> Option<oneshot::Sender<()>> {
-        let listener = tokio::net::TcpListener::bind(address).await.ok()?;
-        let agent = PodAgent {
-            address,
-            turns: Mutex::new(HashMap::new()),
-            behaviour,
-            executions: self.executions.clone(),
-            metadata: self.metadata.clone(),
-        };
-        let server = AgentServer::new(
-            agent,
-            ServerOptions {
-                grace_period: Duration::from_millis(100),
-                ..ServerOptions::default()
-            },
-        );
-        server.health().set_serving().await;
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(server.serve(listener, async move {
-            let _ = stopped.await;
-        }));
-        Some(stop)
-    }
-}
-
-impl PodRuntime for ServingRuntime {
-    fn start<'a>(
-        &'a self,
-        request: &'a PodRequest,
-    ) -> BoxFuture<'a, Result<PodStarted, PodRuntimeError>> {
-        Box::pin(self.serve(request))
-    }
-
-    fn stop<'a>(&'a self, _namespace: &'a str, pod_name: &'a str) -> BoxFuture<'a, ()> {
-        self.crash(pod_name);
-        Box::pin(async {})
-    }
-}
-
-struct Setup {
-    cluster: FakeCluster,
-    runtime: Arc<ServingRuntime>,
-}
-
-async fn setup(behaviour: Behaviour, replicas: i32) -> Setup {
-    setup_with(behaviour, replicas, FakeClusterOptions::default()).await
-}
-
-async fn setup_with(behaviour: Behaviour, replicas: i32, options: FakeClusterOptions) -> Setup {
-    let runtime = ServingRuntime::new(behaviour);
-    let cluster = FakeCluster::start(
-        options
-            .runtime(runtime.clone())
-            .ready_mode(ReadyMode::After(Duration::from_millis(30))),
-    )
-    .await
-    .unwrap();
-    cluster.create_template(TEMPLATE, None).await.unwrap();
-    cluster
-        .create_warm_pool(POOL, TEMPLATE, replicas)
-        .await
-        .unwrap();
-    Setup { cluster, runtime }
-}
-
-fn options(cluster: &FakeCluster) -> SandboxAgentOptions {
-    SandboxAgentOptions {
-        claims: ClaimOptions::default()
-            .namespace(cluster.namespace())
-            .source(POOL)
-            .ready_timeout(Duration::from_secs(10))
-            .retry(RetryPolicy {
-                initial_backoff: Duration::from_millis(10),
-                ..RetryPolicy::default()
-            }),
-        ..SandboxAgentOptions::default()
-    }
-}
-
-async fn backend(setup: &Setup) -> AgentSandboxAgent {
-    AgentSandboxAgent::new(setup.cluster.client(), options(&setup.cluster))
-        .await
-        .unwrap()
-}
-
-fn start() -> AgentStart {
-    AgentStart {
-        subagent_prompt: "print(1)".into(),
-        ..AgentStart::default()
-    }
-}
-
-/// Runs one execution and returns the planner's view of its outputs.
-async fn run(
-    agent: &AgentSandboxAgent,
-    conversation: &str,
-    exec: &str,
-) -> Result<String, SandboxAgentError> {
-    let mut seen = Vec::new();
-    agent
-        .connect(conversation, exec, start(), |batch| seen.extend(batch))
-        .await?;
-    Ok(content::planner_view(&seen))
-}
-
-fn claims_left(setup: &Setup) -> usize {
-    setup
-        .cluster
-        .server()
-        .objects(
-            "extensions.agents.x-k8s.io",
-            "sandboxclaims",
-            Some(setup.cluster.namespace()),
-        )
-        .len()
-}
 
 #[tokio::test]
 async fn a_conversation_keeps_its_sandbox_and_its_state_across_executions() {
@@ -285,7 +28,7 @@ async fn a_conversation_keeps_its_sandbox_and_its_state_across_executions() {
     let server = setup.cluster.server();
 
     let first = run(&agent, "conv-a", "e1").await.unwrap();
-    assert!(first.starts_with("turn 1 at 127.2."), "{first}");
+    assert!(first.starts_with("turn 1 at 127."), "{first}");
     let creates = server.requests().count(Verb::Create, "sandboxclaims");
     let watches = server.requests().count(Verb::Watch, "sandboxclaims");
 
@@ -533,7 +276,7 @@ async fn an_agents_refusal_is_final_and_names_the_claim_and_endpoint() {
     assert_eq!(error.agent_code(), Some(Code::PermissionDenied));
     let message = error.to_string();
     assert!(
-        message.contains("conv-") && message.contains(":8494"),
+        message.contains("conv-") && message.contains(&format!(":{PORT}")),
         "{message}"
     );
     assert_eq!(setup.runtime.executions.load(Ordering::SeqCst), 1);
@@ -635,7 +378,7 @@ async fn router_mode_sends_the_sandbox_headers_to_the_router() {
     let headers = router.metadata.lock().unwrap()[0].clone();
     assert_eq!(headers["x-sandbox-id"], report.sandbox.sandbox_name);
     assert_eq!(headers["x-sandbox-namespace"], setup.cluster.namespace());
-    assert_eq!(headers["x-sandbox-port"], "8494");
+    assert_eq!(headers["x-sandbox-port"], PORT.to_string());
     assert_eq!(
         headers["x-sandbox-pod-ip"],
         report.sandbox.pod_ip.to_string()
@@ -680,7 +423,13 @@ async fn an_entry_without_what_the_cluster_needs_is_a_config_error() {
     let error = AgentSandboxAgent::from_config(setup.cluster.client(), registry.get("py").unwrap())
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("warm_pool"), "{error}");
+    match &error {
+        SandboxAgentError::Config(ConfigError::MissingSource { field, .. }) => {
+            assert_eq!(*field, "warm_pool");
+        }
+        other => panic!("expected a missing warm pool, got {other:?}"),
+    }
+    assert_eq!(claims_left(&setup), 0, "nothing was claimed");
 }
 
 #[tokio::test]

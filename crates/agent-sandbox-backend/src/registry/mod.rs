@@ -34,48 +34,16 @@
 
 use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
+use sandbox_claim::VersionSelection;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::options::{ConnectionMode, ReleasePolicy};
+
+mod entry;
+
 /// Ids the AX planner keeps for itself.
 pub const RESERVED_IDS: [&str; 2] = ["__planner", "gemini"];
-
-/// The reference agent's port.
-pub const DEFAULT_PORT: u16 = 8494;
-
-/// Which agent-sandbox API the cluster speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApiVersionSetting {
-    /// Ask the cluster's discovery once.
-    Auto,
-    /// `extensions.agents.x-k8s.io/v1beta1` (agent-sandbox v0.5+): claims name a warm pool.
-    V1beta1,
-    /// `extensions.agents.x-k8s.io/v1alpha1` (v0.4.x): claims name a template.
-    V1alpha1,
-}
-
-/// How the controller reaches a sandbox's agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectionMode {
-    /// Straight to `podIP:port` (in-cluster, where NetworkPolicy allows it).
-    Direct,
-    /// Through the agent-sandbox router at `url`, which forwards by the
-    /// `X-Sandbox-*` headers (the default NetworkPolicy admits only the router).
-    Router {
-        /// Base URL, e.g. `http://sandbox-router-svc.agent-sandbox-system.svc:8080`.
-        url: String,
-    },
-}
-
-/// When a conversation's sandbox is given back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReleasePolicy {
-    /// Keep the sandbox (and the agent's state) for the conversation's next
-    /// execution; release on `release(conversation)` or when its TTL passes.
-    PerConversation,
-    /// Release after every execution, as the Go backend did.
-    PerExecution,
-}
 
 /// One validated `agent_sandbox_agents` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +63,7 @@ pub struct AgentSandboxAgentConfig {
     /// The agent's AXP port in the pod.
     pub port: u16,
     /// Which agent-sandbox API to speak.
-    pub api_version: ApiVersionSetting,
+    pub api_version: VersionSelection,
     /// How long to wait for a claimed sandbox to become Ready.
     pub ready_timeout: Duration,
     /// How long a claim lives without renewal.
@@ -112,11 +80,14 @@ pub struct AgentSandboxAgentConfig {
 
 /// Why the registry could not be loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistryError {
     /// The file could not be read.
     #[error("could not read {path}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why reading failed.
         #[source]
         source: std::io::Error,
     },
@@ -195,11 +166,11 @@ impl Registry {
     /// # Example
     ///
     /// ```
-    /// use axp_transport::registry::Registry;
+    /// use agent_sandbox_backend::Registry;
     ///
     /// let yaml = "registry:\n  agent_sandbox_agents:\n    - id: py\n      namespace: agents\n      warm_pool: python-pool\n";
     /// let registry = Registry::from_yaml(yaml).unwrap();
-    /// assert_eq!(registry.agents[0].port, 8494);
+    /// assert_eq!(registry.agents[0].port, axp_transport::DEFAULT_PORT);
     ///
     /// let bad = "registry:\n  agent_sandbox_agents:\n    - id: my_agent\n      namespace: agents\n      warm_pool: p\n";
     /// let error = Registry::from_yaml(bad).unwrap_err().to_string();
@@ -214,9 +185,8 @@ impl Registry {
 
         let mut problems = Vec::new();
         let mut agents = Vec::new();
-        for (index, entry) in entries.into_iter().enumerate() {
-            let mut fields = EntryFields::new(index, entry, &mut problems);
-            if let Some(agent) = fields.agent() {
+        for (index, fields) in entries.into_iter().enumerate() {
+            if let Some(agent) = entry::read(index, fields, &mut problems) {
                 agents.push(agent);
             }
         }
@@ -244,292 +214,6 @@ struct RegistrySection {
     agent_sandbox_agents: Option<Vec<BTreeMap<String, Value>>>,
 }
 
-const KNOWN_FIELDS: [&str; 16] = [
-    "id",
-    "name",
-    "description",
-    "namespace",
-    "template",
-    "warm_pool",
-    "port",
-    "protocol",
-    "api_version",
-    "ready_timeout",
-    "ttl",
-    "call_timeout",
-    "connection",
-    "router_url",
-    "release",
-    "token_file",
-];
-
-/// One raw entry being read field by field, recording every problem.
-struct EntryFields<'a> {
-    entry: String,
-    map: BTreeMap<String, Value>,
-    problems: &'a mut Vec<Problem>,
-    ok: bool,
-}
-
-impl<'a> EntryFields<'a> {
-    fn new(index: usize, map: BTreeMap<String, Value>, problems: &'a mut Vec<Problem>) -> Self {
-        let entry = match map.get("id").and_then(Value::as_str) {
-            Some(id) => format!("agent_sandbox_agents[{index}] (id {id:?})"),
-            None => format!("agent_sandbox_agents[{index}]"),
-        };
-        Self {
-            entry,
-            map,
-            problems,
-            ok: true,
-        }
-    }
-
-    fn problem(&mut self, field: &str, message: impl Into<String>) {
-        self.ok = false;
-        self.problems.push(Problem {
-            entry: self.entry.clone(),
-            field: field.to_owned(),
-            message: message.into(),
-        });
-    }
-
-    /// A string field; `None` when absent (or wrongly typed, which is recorded).
-    fn string(&mut self, field: &str) -> Option<String> {
-        match self.map.get(field)? {
-            Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
-            Value::String(_) => {
-                self.problem(field, "must not be empty");
-                None
-            }
-            Value::Null => None,
-            other => {
-                let found = type_name(other);
-                self.problem(field, format!("must be a string, found {found}"));
-                None
-            }
-        }
-    }
-
-    fn required(&mut self, field: &str) -> Option<String> {
-        let value = self.string(field);
-        if value.is_none() && !self.map.contains_key(field) {
-            self.problem(field, "is required");
-        }
-        value
-    }
-
-    fn duration(&mut self, field: &str, default: Option<Duration>) -> Option<Duration> {
-        let Some(value) = self.map.get(field) else {
-            return default;
-        };
-        let parsed = match value {
-            Value::String(s) => humantime::parse_duration(s.trim()).map_err(|e| e.to_string()),
-            // A bare number means seconds, as in Go's YAML configs written by hand.
-            Value::Number(n) => n
-                .as_f64()
-                .filter(|secs| *secs >= 0.0 && secs.is_finite())
-                .map(Duration::from_secs_f64)
-                .ok_or_else(|| "must not be negative".to_owned()),
-            other => Err(format!(
-                "must be a duration such as \"90s\" or \"2m\", found {}",
-                type_name(other)
-            )),
-        };
-        match parsed {
-            Ok(d) if d.is_zero() => {
-                self.problem(field, "must be longer than zero");
-                default
-            }
-            Ok(d) => Some(d),
-            Err(message) => {
-                self.problem(
-                    field,
-                    format!("is not a duration ({message}); write e.g. \"90s\", \"2m\" or \"1h\""),
-                );
-                default
-            }
-        }
-    }
-
-    fn one_of<T: Copy>(&mut self, field: &str, choices: &[(&str, T)], default: T) -> T {
-        let Some(value) = self.string(field) else {
-            return default;
-        };
-        if let Some((_, choice)) = choices.iter().find(|(name, _)| *name == value) {
-            return *choice;
-        }
-        let names: Vec<_> = choices.iter().map(|(name, _)| *name).collect();
-        self.problem(
-            field,
-            format!("{value:?} is not one of {}", names.join(", ")),
-        );
-        default
-    }
-
-    fn agent(&mut self) -> Option<AgentSandboxAgentConfig> {
-        let unknown: Vec<String> = self
-            .map
-            .keys()
-            .filter(|k| !KNOWN_FIELDS.contains(&k.as_str()))
-            .cloned()
-            .collect();
-        for key in unknown {
-            self.problem(
-                &key,
-                format!(
-                    "unknown field; known fields are {}",
-                    KNOWN_FIELDS.join(", ")
-                ),
-            );
-        }
-
-        let id = self.required("id");
-        if let Some(id) = &id {
-            if RESERVED_IDS.contains(&id.as_str()) {
-                self.problem("id", format!("{id:?} is reserved by AX"));
-            } else if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-                let hint = if id.contains('_') {
-                    " (`_` is not allowed: the planner cannot dispatch to it; use `-`)"
-                } else {
-                    ""
-                };
-                self.problem("id", format!("{id:?} must match ^[A-Za-z0-9-]+${hint}"));
-            }
-        }
-        let name = self.string("name");
-        let description = self.string("description").unwrap_or_default();
-        let namespace = self.required("namespace");
-        let template = self.string("template");
-        let warm_pool = self.string("warm_pool");
-        if template.is_none()
-            && warm_pool.is_none()
-            && !self.map.contains_key("template")
-            && !self.map.contains_key("warm_pool")
-        {
-            self.problem(
-                "template",
-                "one of `template` (v1alpha1 clusters) or `warm_pool` (v1beta1 clusters) is required",
-            );
-        }
-        let port = match self.map.get("port") {
-            None => DEFAULT_PORT,
-            Some(Value::Number(n)) => match n
-                .as_u64()
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p > 0)
-            {
-                Some(port) => port,
-                None => {
-                    self.problem("port", format!("{n} is not a port (1–65535)"));
-                    DEFAULT_PORT
-                }
-            },
-            Some(other) => {
-                let found = type_name(other);
-                self.problem("port", format!("must be a number 1–65535, found {found}"));
-                DEFAULT_PORT
-            }
-        };
-        match self.string("protocol").as_deref() {
-            None | Some("axp") => {}
-            Some("a2a") => self.problem(
-                "protocol",
-                "\"a2a\" is not supported by agent-sandbox agents; only \"axp\" is",
-            ),
-            Some(other) => self.problem(
-                "protocol",
-                format!("{other:?} is not supported; use \"axp\""),
-            ),
-        }
-        let api_version = self.one_of(
-            "api_version",
-            &[
-                ("auto", ApiVersionSetting::Auto),
-                ("v1beta1", ApiVersionSetting::V1beta1),
-                ("v1alpha1", ApiVersionSetting::V1alpha1),
-            ],
-            ApiVersionSetting::Auto,
-        );
-        match (api_version, &template, &warm_pool) {
-            (ApiVersionSetting::V1beta1, _, None) => self.problem(
-                "warm_pool",
-                "is required with api_version v1beta1 (claims name a warm pool)",
-            ),
-            (ApiVersionSetting::V1alpha1, None, _) => self.problem(
-                "template",
-                "is required with api_version v1alpha1 (claims name a template)",
-            ),
-            _ => {}
-        }
-        // Defaults match sandbox-claim's: a cold gVisor start within two minutes,
-        // and claims that outlive a crashed controller by at most an hour.
-        let ready_timeout = self.duration("ready_timeout", Some(Duration::from_secs(120)));
-        let ttl = self.duration("ttl", Some(Duration::from_secs(3600)));
-        let call_timeout = self.duration("call_timeout", None);
-        #[derive(Clone, Copy)]
-        enum Mode {
-            Direct,
-            Router,
-        }
-        let mode = self.one_of(
-            "connection",
-            &[("direct", Mode::Direct), ("router", Mode::Router)],
-            Mode::Direct,
-        );
-        let router_url = self.string("router_url");
-        let connection = match (mode, router_url) {
-            (Mode::Direct, _) => ConnectionMode::Direct,
-            (Mode::Router, Some(url))
-                if url.starts_with("http://") || url.starts_with("https://") =>
-            {
-                ConnectionMode::Router { url }
-            }
-            (Mode::Router, Some(url)) => {
-                self.problem(
-                    "router_url",
-                    format!("{url:?} must start with http:// or https://"),
-                );
-                ConnectionMode::Direct
-            }
-            (Mode::Router, None) => {
-                self.problem("router_url", "is required with connection: router");
-                ConnectionMode::Direct
-            }
-        };
-        let release = self.one_of(
-            "release",
-            &[
-                ("conversation", ReleasePolicy::PerConversation),
-                ("execution", ReleasePolicy::PerExecution),
-            ],
-            ReleasePolicy::PerConversation,
-        );
-        let token_file = self.string("token_file").map(PathBuf::from);
-
-        if !self.ok {
-            return None;
-        }
-        let id = id?;
-        Some(AgentSandboxAgentConfig {
-            name: name.unwrap_or_else(|| id.clone()),
-            id,
-            description,
-            namespace: namespace?,
-            template,
-            warm_pool,
-            port,
-            api_version,
-            ready_timeout: ready_timeout?,
-            ttl: ttl?,
-            call_timeout,
-            connection,
-            release,
-            token_file,
-        })
-    }
-}
-
 fn check_unique_ids(agents: &[AgentSandboxAgentConfig], problems: &mut Vec<Problem>) {
     let mut seen = BTreeMap::new();
     for (position, agent) in agents.iter().enumerate() {
@@ -543,17 +227,6 @@ fn check_unique_ids(agents: &[AgentSandboxAgentConfig], problems: &mut Vec<Probl
                 ),
             });
         }
-    }
-}
-
-fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
     }
 }
 
@@ -595,7 +268,7 @@ registry:
         assert_eq!(agent.template.as_deref(), Some("python-sandbox-template"));
         assert_eq!(agent.warm_pool.as_deref(), Some("python-sandbox-pool"));
         assert_eq!(agent.port, 8494);
-        assert_eq!(agent.api_version, ApiVersionSetting::Auto);
+        assert_eq!(agent.api_version, VersionSelection::Auto);
         assert_eq!(agent.ready_timeout, Duration::from_secs(120));
         assert_eq!(agent.ttl, Duration::from_secs(3600));
         assert_eq!(agent.connection, ConnectionMode::Direct);
@@ -609,7 +282,7 @@ registry:
         ))
         .unwrap();
         let agent = &registry.agents[0];
-        assert_eq!(agent.api_version, ApiVersionSetting::V1beta1);
+        assert_eq!(agent.api_version, VersionSelection::V1beta1);
         assert_eq!(agent.ready_timeout, Duration::from_secs(90));
         assert_eq!(agent.ttl, Duration::from_secs(7200));
         assert_eq!(agent.call_timeout, Some(Duration::from_secs(45)));

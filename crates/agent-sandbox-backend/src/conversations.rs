@@ -1,0 +1,115 @@
+//! What the backend remembers per conversation: a lock that serializes its
+//! executions, and the endpoint of its sandbox once resolved.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError},
+};
+
+use axp_transport::AxpClient;
+use sandbox_claim::SandboxHandle;
+use tokio::{sync::Mutex, time::Instant};
+
+use crate::{
+    error::SandboxAgentError,
+    options::{ConnectionMode, SandboxAgentOptions},
+};
+
+/// Headers the agent-sandbox router picks the sandbox by. The pod IP matters
+/// because warm sandboxes have no Service of their own.
+const ROUTER_SANDBOX_ID: &str = "x-sandbox-id";
+const ROUTER_SANDBOX_NAMESPACE: &str = "x-sandbox-namespace";
+const ROUTER_SANDBOX_PORT: &str = "x-sandbox-port";
+const ROUTER_SANDBOX_POD_IP: &str = "x-sandbox-pod-ip";
+
+/// A conversation's sandbox, once resolved.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    pub(crate) handle: SandboxHandle,
+    pub(crate) client: AxpClient,
+    pub(crate) address: String,
+    pub(crate) renewed_at: Instant,
+}
+
+impl Endpoint {
+    /// A client for the agent of `handle`: at `podIP:port`, or through the
+    /// router with the headers that name the sandbox.
+    pub(crate) fn new(
+        handle: SandboxHandle,
+        options: &SandboxAgentOptions,
+    ) -> Result<Self, SandboxAgentError> {
+        let pod = SocketAddr::new(handle.pod_ip, options.port);
+        let (address, client_options) = match &options.connection {
+            ConnectionMode::Direct => (format!("http://{pod}"), options.client.clone()),
+            ConnectionMode::Router { url } => {
+                let mut client = options.client.clone();
+                client.metadata.extend([
+                    (ROUTER_SANDBOX_ID.to_owned(), handle.sandbox_name.clone()),
+                    (
+                        ROUTER_SANDBOX_NAMESPACE.to_owned(),
+                        handle.namespace.clone(),
+                    ),
+                    (ROUTER_SANDBOX_PORT.to_owned(), options.port.to_string()),
+                    (ROUTER_SANDBOX_POD_IP.to_owned(), handle.pod_ip.to_string()),
+                ]);
+                (url.clone(), client)
+            }
+        };
+        let client = AxpClient::new(&address, client_options).map_err(|source| {
+            SandboxAgentError::Connect {
+                claim: handle.claim_name.clone(),
+                endpoint: address.clone(),
+                source: Box::new(source),
+            }
+        })?;
+        Ok(Self {
+            handle,
+            client,
+            address,
+            renewed_at: Instant::now(),
+        })
+    }
+}
+
+/// One conversation: its lock serializes executions; `None` until resolved.
+pub(crate) type Slot = Arc<Mutex<Option<Endpoint>>>;
+
+/// The conversations a backend holds, by id.
+#[derive(Debug, Default)]
+pub(crate) struct Conversations {
+    slots: StdMutex<HashMap<String, Slot>>,
+}
+
+impl Conversations {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        // Every critical section is one map operation: a panic elsewhere cannot
+        // leave the map half-updated, so a poisoned lock is still consistent.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The conversation's slot, created empty on first use.
+    pub(crate) fn slot(&self, conversation_id: &str) -> Slot {
+        self.map()
+            .entry(conversation_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Drops the conversation, unless its slot was replaced meanwhile (a new
+    /// execution of the same conversation already started over).
+    pub(crate) fn forget(&self, conversation_id: &str, slot: &Slot) {
+        let mut map = self.map();
+        if map
+            .get(conversation_id)
+            .is_some_and(|current| Arc::ptr_eq(current, slot))
+        {
+            map.remove(conversation_id);
+        }
+    }
+
+    /// The ids of the conversations held now.
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.map().keys().cloned().collect()
+    }
+}

@@ -1,0 +1,54 @@
+//! Giving sandboxes back: one conversation's, or every one a backend holds.
+
+use crate::{AgentSandboxAgent, error::SandboxAgentError};
+
+impl AgentSandboxAgent {
+    /// Gives the conversation's sandbox back. Idempotent.
+    ///
+    /// # Guarantees
+    ///
+    /// A running execution of the conversation finishes first; the claim is
+    /// deleted even when this backend never resolved it (a claim adopted from a
+    /// controller that ran before a restart).
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxAgentError::Release`] when the claim could not be deleted.
+    pub async fn release(&self, conversation_id: &str) -> Result<(), SandboxAgentError> {
+        let conversations = &self.inner.conversations;
+        let slot = conversations.slot(conversation_id);
+        let mut endpoint = slot.lock().await;
+        *endpoint = None;
+        drop(endpoint);
+        conversations.forget(conversation_id, &slot);
+        self.release_claim(conversation_id).await
+    }
+
+    /// Deletes the conversation's claim.
+    pub(crate) async fn release_claim(
+        &self,
+        conversation_id: &str,
+    ) -> Result<(), SandboxAgentError> {
+        self.inner
+            .claims
+            .release(conversation_id)
+            .await
+            .map_err(|source| SandboxAgentError::Release {
+                conversation: conversation_id.to_owned(),
+                source: Box::new(source),
+            })
+    }
+
+    /// Releases every conversation this backend holds, waiting for running
+    /// executions to finish.
+    ///
+    /// # Errors
+    ///
+    /// The first [`SandboxAgentError::Release`]; every conversation is still attempted.
+    pub async fn close(&self) -> Result<(), SandboxAgentError> {
+        let conversations = self.active_conversations();
+        let results =
+            futures::future::join_all(conversations.iter().map(|c| self.release(c))).await;
+        results.into_iter().collect()
+    }
+}
