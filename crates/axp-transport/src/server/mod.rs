@@ -1,0 +1,202 @@
+//! Serves an [`Agent`] over AXP, with `grpc.health.v1` and server reflection on
+//! the same port.
+//!
+//! # Guarantees
+//!
+//! For every `Connect` call the server:
+//! - rejects a request without `start` with `INVALID_ARGUMENT` before the agent sees it;
+//! - echoes the request's `conversation_id` and `exec_id` on every frame and
+//!   never sends a frame with its oneof unset;
+//! - sends exactly one `end` after the agent's output stream finishes, and
+//!   nothing after it; an agent error instead ends the call with its status;
+//! - cancels the execution (its [`CancellationToken`](tokio_util::sync::CancellationToken)
+//!   fires and its output stream is dropped) when the client cancels or the deadline passes.
+//!
+//! On shutdown it reports `NOT_SERVING`, refuses new calls with `UNAVAILABLE`,
+//! lets running executions finish within [`ServerOptions::grace_period`], and
+//! then cancels the rest, which end with `UNAVAILABLE`.
+
+mod agent_service;
+mod execution;
+mod health;
+mod options;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{codec::CompressionEncoding, transport::Server};
+use tonic_health::server::HealthReporter;
+
+pub use health::HealthControl;
+pub use options::{ServerOptions, ServerTls};
+
+use crate::{agent::Agent, pb};
+use agent_service::AxpService;
+use execution::Shared;
+
+/// The gRPC service name of AXP, as the health service reports it.
+pub const AGENT_SERVICE_NAME: &str = "ax.AgentService";
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The reflection service could not load the AXP descriptors.
+    #[error("could not build the gRPC reflection service")]
+    Reflection(#[source] tonic_reflection::server::Error),
+    /// The TLS settings were rejected.
+    #[error("invalid server TLS settings")]
+    Tls(#[source] tonic::transport::Error),
+    /// The gRPC server stopped with an error.
+    #[error("the gRPC server failed")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// An [`Agent`] ready to be served.
+///
+/// # Example
+///
+/// ```no_run
+/// # use axp_transport::{Agent, AgentError, Execution, OutputStream};
+/// # struct MyAgent;
+/// # impl Agent for MyAgent {
+/// #     async fn execute(&self, _: Execution) -> Result<OutputStream, AgentError> { todo!() }
+/// # }
+/// use axp_transport::server::{AgentServer, ServerOptions};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = AgentServer::new(MyAgent, ServerOptions::default());
+/// let health = server.health();
+/// let listener = tokio::net::TcpListener::bind("0.0.0.0:8494").await?;
+/// tokio::spawn(async move { health.set_serving().await });
+/// server.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
+pub struct AgentServer<A: Agent> {
+    agent: Arc<A>,
+    options: ServerOptions,
+    health: HealthControl,
+}
+
+impl<A: Agent> std::fmt::Debug for AgentServer<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentServer")
+            .field("options", &self.options)
+            .field("health", &self.health)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A: Agent> AgentServer<A> {
+    /// Wraps `agent`. Health starts NOT_SERVING until [`HealthControl::set_serving`].
+    pub fn new(agent: A, options: ServerOptions) -> Self {
+        let shared = Arc::new(Shared::new(&options));
+        Self {
+            agent: Arc::new(agent),
+            options,
+            health: HealthControl {
+                reporter: HealthReporter::new(),
+                shared,
+            },
+        }
+    }
+
+    /// The switch for this server's health status.
+    pub fn health(&self) -> HealthControl {
+        self.health.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains.
+    ///
+    /// # Errors
+    ///
+    /// [`ServeError`] when the services cannot be built or the server fails.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let Self {
+            agent,
+            options,
+            health,
+        } = self;
+        let health_service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(health.reporter.clone()),
+        );
+        // Start NOT_SERVING explicitly: the reporter knows nothing of "" until told.
+        if !health.is_serving() {
+            health.set_not_serving().await;
+        }
+        let shared = health.shared.clone();
+
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(ServeError::Reflection)?;
+
+        let mut agent_service = pb::agent_service_server::AgentServiceServer::new(AxpService {
+            agent,
+            shared: shared.clone(),
+        })
+        .max_decoding_message_size(options.max_message_size)
+        .max_encoding_message_size(options.max_message_size);
+        if options.gzip {
+            agent_service = agent_service
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip);
+        }
+
+        // Small frames are the norm (a line of output); Nagle would add up to 40 ms.
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            if let Ok(stream) = &conn {
+                let _ = stream.set_nodelay(true);
+            }
+            conn
+        });
+
+        let stop_accepting = CancellationToken::new();
+        let mut builder = Server::builder();
+        if let Some(tls) = &options.tls {
+            let mut config = tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+            );
+            if let Some(ca) = &tls.client_ca_pem {
+                config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+            }
+            builder = builder.tls_config(config).map_err(ServeError::Tls)?;
+        }
+        let server = builder
+            .max_concurrent_streams(options.max_concurrent_streams)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(agent_service)
+            .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
+        tokio::pin!(server);
+
+        tokio::select! {
+            result = &mut server => return result.map_err(ServeError::Serve),
+            () = shutdown => {}
+        }
+
+        tracing::info!(grace = ?options.grace_period, "shutting down: draining executions");
+        shared.draining.cancel();
+        health.set_not_serving().await;
+        stop_accepting.cancel();
+        if let Ok(result) = tokio::time::timeout(options.grace_period, &mut server).await {
+            return result.map_err(ServeError::Serve);
+        }
+        tracing::warn!("grace period over: cancelling running executions");
+        shared.executions.cancel();
+        // Cancelled streams end with a status at once; this only bounds a stuck peer.
+        match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
+            Ok(result) => result.map_err(ServeError::Serve),
+            Err(_) => Ok(()),
+        }
+    }
+}
