@@ -1,0 +1,133 @@
+//! Why a call to an agent failed, for every protocol the clients speak.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+/// Why a call to an agent failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The endpoint is not a valid URI.
+    #[error("invalid agent endpoint {endpoint:?}")]
+    InvalidEndpoint {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The TLS settings were rejected.
+    #[error("invalid TLS settings for {endpoint}")]
+    Tls {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The agent could not be reached.
+    #[error("could not connect to agent at {endpoint}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A request id, the token or an extra header cannot be sent as gRPC metadata.
+    #[error("{what} cannot be sent as gRPC metadata (it must be visible ASCII)")]
+    InvalidMetadata { what: String },
+    /// The agent (or the connection) ended the call with a gRPC status.
+    #[error("agent returned {code:?}: {message}")]
+    Status { code: Code, message: String },
+    /// A frame carried ids other than the request's.
+    #[error(
+        "agent sent a frame for conversation {got_conversation:?} / exec {got_exec:?}, \
+         expected {expected_conversation:?} / {expected_exec:?}"
+    )]
+    MismatchedIds {
+        expected_conversation: String,
+        expected_exec: String,
+        got_conversation: String,
+        got_exec: String,
+    },
+    /// A frame had neither `outputs` nor `end` set.
+    #[error("agent sent a frame with neither outputs nor end set")]
+    EmptyFrame,
+    /// The call's deadline passed before `end`.
+    #[error("agent call exceeded its deadline of {timeout:?}")]
+    DeadlineExceeded { timeout: Duration },
+    /// The agent did not report SERVING in time.
+    #[error("agent at {endpoint} was not serving after {waited:?} (last: {last})")]
+    NotServing {
+        endpoint: String,
+        waited: Duration,
+        last: String,
+    },
+}
+
+impl ClientError {
+    /// The gRPC code, when the agent answered with a status.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Self::Status { code, .. } => Some(*code),
+            Self::DeadlineExceeded { .. } => Some(Code::DeadlineExceeded),
+            _ => None,
+        }
+    }
+
+    /// Whether the failure happened before the agent could have done anything:
+    /// the connection was never made or was refused. Safe to retry elsewhere.
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(self, Self::Connect { .. })
+            || matches!(self, Self::Status { code: Code::Unavailable, message } if is_connect_message(message))
+    }
+}
+
+/// tonic reports a refused or reset connection as UNAVAILABLE with a transport message.
+fn is_connect_message(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    [
+        "error trying to connect",
+        "connection refused",
+        "tcp connect error",
+        "transport error",
+        "dns error",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
+}
+
+impl From<Status> for ClientError {
+    fn from(status: Status) -> Self {
+        // Transport failures arrive as a terse status ("tcp connect error") with the
+        // reason ("Connection refused") only in the source chain: keep both.
+        let mut message = status.message().to_owned();
+        let mut source = std::error::Error::source(&status);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !message.contains(&cause_text) {
+                message = format!("{message}: {cause_text}");
+            }
+            source = cause.source();
+        }
+        Self::Status {
+            code: status.code(),
+            message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_connection_counts_as_a_connect_failure_but_an_agent_status_does_not() {
+        let refused = ClientError::Status {
+            code: Code::Unavailable,
+            message: "tcp connect error: Connection refused (os error 111)".into(),
+        };
+        assert!(refused.is_connect_failure());
+        let shutting_down = ClientError::Status {
+            code: Code::Unavailable,
+            message: "agent server is shutting down".into(),
+        };
+        assert!(!shutting_down.is_connect_failure());
+    }
+}
