@@ -20,8 +20,8 @@ pub mod registry;
 pub mod sandbox_agent;
 pub mod server;
 
-pub use agent::{Agent, AgentError, Execution, OutputStream};
-pub use client::{AxpClient, ClientError, ClientOptions};
+pub use agent::{Agent, AgentError, Execution, OutputStream, Protocol};
+pub use client::{AxpClient, ClientError, ClientOptions, HarnessClient};
 pub use server::{AgentServer, ServerOptions, ServerTls};
 
 /// Generated protobuf types and gRPC stubs for package `ax`.

@@ -46,9 +46,24 @@ pub enum ClientError {
         got_conversation: String,
         got_exec: String,
     },
+    /// A HarnessService frame carried another conversation id than the request's.
+    #[error("agent sent a frame for conversation {got:?}, expected {expected:?}")]
+    MismatchedConversation { expected: String, got: String },
     /// A frame had neither `outputs` nor `end` set.
     #[error("agent sent a frame with neither outputs nor end set")]
     EmptyFrame,
+    /// The agent ended a HarnessService execution with `end{FAILED}`: `code`
+    /// is the gRPC code it reported, `description` what it said.
+    #[error("agent ended the execution FAILED with {code:?}: {description}")]
+    HarnessFailed { code: Code, description: String },
+    /// The agent ended a HarnessService execution with `end{CANCELED}`
+    /// (after a `cancel` frame, or on its own).
+    #[error("agent ended the execution CANCELED")]
+    Canceled,
+    /// A HarnessService stream closed without `end`: the execution's outcome
+    /// is unknown (AX treats this as an error too).
+    #[error("agent closed the HarnessService stream without an `end` frame")]
+    MissingEnd,
     /// The call's deadline passed before `end`.
     #[error("agent call exceeded its deadline of {timeout:?}")]
     DeadlineExceeded { timeout: Duration },
@@ -62,10 +77,12 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The gRPC code, when the agent answered with a status.
+    /// The gRPC code, when the agent answered with one: a status, or the code
+    /// of a HarnessService `end{FAILED}` (`CANCELLED` for `end{CANCELED}`).
     pub fn code(&self) -> Option<Code> {
         match self {
-            Self::Status { code, .. } => Some(*code),
+            Self::Status { code, .. } | Self::HarnessFailed { code, .. } => Some(*code),
+            Self::Canceled => Some(Code::Cancelled),
             Self::DeadlineExceeded { .. } => Some(Code::DeadlineExceeded),
             _ => None,
         }

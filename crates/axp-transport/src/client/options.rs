@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-/// How an [`AxpClient`](super::AxpClient) connects and calls.
+/// How an [`AxpClient`](super::AxpClient) or [`HarnessClient`](super::HarnessClient)
+/// connects and calls.
 #[derive(Clone)]
 pub struct ClientOptions {
     /// Bound on establishing the TCP (and TLS) connection.

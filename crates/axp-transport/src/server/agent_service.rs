@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::execution::{self, Run, Shared, sleep_until};
 use crate::{
-    agent::{Agent, Execution, OutputStream},
+    agent::{Agent, Execution, OutputStream, Protocol},
     pb::{
         AgentEnd, AgentOutputs, AgentRequest, AgentResponse, HealthCheckRequest,
         HealthCheckResponse, agent_response, agent_service_server::AgentService,
@@ -49,6 +49,7 @@ impl<A: Agent> AgentService for AxpService<A> {
         let span = tracing::info_span!("axp.connect", %conversation_id, %exec_id);
         let cancelled = self.shared.executions.child_token();
         let execution = Execution {
+            protocol: Protocol::AgentService,
             conversation_id: conversation_id.clone(),
             exec_id: exec_id.clone(),
             start,

@@ -4,10 +4,13 @@ use std::sync::{Arc, atomic::Ordering};
 
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use super::{AGENT_SERVICE_NAME, execution::Shared};
+use super::{AGENT_SERVICE_NAME, HARNESS_SERVICE_NAME, execution::Shared};
 
 /// Turns the server's readiness on and off, for `grpc.health.v1` (services
-/// `""` and `ax.AgentService`) and AXP `HealthCheck`.
+/// `""`, `ax.AgentService` and `ax.HarnessService`) and AXP `HealthCheck`.
+///
+/// Set SERVING exactly when the agent can run work: AX's harness client waits
+/// (up to 60 s) for `""` to say SERVING before its first call.
 #[derive(Clone)]
 pub struct HealthControl {
     pub(super) reporter: HealthReporter,
@@ -45,7 +48,7 @@ impl HealthControl {
         } else {
             ServingStatus::NotServing
         };
-        for service in ["", AGENT_SERVICE_NAME] {
+        for service in ["", AGENT_SERVICE_NAME, HARNESS_SERVICE_NAME] {
             self.reporter.set_service_status(service, status).await;
         }
     }

@@ -1,23 +1,66 @@
-//! Serves an [`Agent`] over AXP, with `grpc.health.v1` and server reflection on
-//! the same port.
+//! Serves an [`Agent`] over both AX agent protocols on one port, with
+//! `grpc.health.v1` and server reflection (v1 and v1alpha) beside them.
+//!
+//! | Service | AX lineage | Shape |
+//! |---|---|---|
+//! | `ax.AgentService` | the fork with `subagent_prompt` (the AgentService era) | one `AgentRequest` in, `AgentResponse` frames out |
+//! | `ax.HarnessService` | upstream google/ax since June 2026 (AgentService was removed there) | bidirectional: `start` / `cancel` in, `outputs` then one `end` out |
+//!
+//! The same [`Agent`] answers both; [`Execution::protocol`](crate::Execution::protocol)
+//! says which one a call came on.
 //!
 //! # Guarantees
 //!
-//! For every `Connect` call the server:
-//! - rejects a request without `start` with `INVALID_ARGUMENT` before the agent sees it;
-//! - echoes the request's `conversation_id` and `exec_id` on every frame and
-//!   never sends a frame with its oneof unset;
-//! - sends exactly one `end` after the agent's output stream finishes, and
-//!   nothing after it; an agent error instead ends the call with its status;
+//! On both protocols the server:
+//! - echoes the request's ids on every frame (AgentService: `conversation_id`
+//!   and `exec_id`; HarnessService: `conversation_id`) and never sends a frame
+//!   with its oneof unset;
+//! - sends exactly one `end` and nothing after it;
 //! - cancels the execution (its [`CancellationToken`](tokio_util::sync::CancellationToken)
-//!   fires and its output stream is dropped) when the client cancels or the deadline passes.
+//!   fires and its output stream is dropped) when the client cancels or the
+//!   caller's `grpc-timeout` passes;
+//! - applies the same bearer-token check, execution limit
+//!   ([`ServerOptions::max_concurrent_executions`]) and drain.
 //!
-//! On shutdown it reports `NOT_SERVING`, refuses new calls with `UNAVAILABLE`,
-//! lets running executions finish within [`ServerOptions::grace_period`], and
-//! then cancels the rest, which end with `UNAVAILABLE`.
+//! ## AgentService
+//!
+//! A request without `start` is refused with `INVALID_ARGUMENT` before the
+//! agent sees it. An agent error ends the call with its status instead of `end`.
+//!
+//! ## HarnessService
+//!
+//! The first request must be `start`; the server makes an exec id for it
+//! (there is none on this wire). Outputs stream as `outputs` frames and one
+//! `end` closes the stream: `COMPLETED` when the agent's outputs finish,
+//! `FAILED` with `Error{code, description}` (the gRPC code number the same
+//! failure gets on AgentService, and its message), or `CANCELED` after a
+//! `cancel` frame (any reason) or a cancelled request stream. A client may
+//! half-close right after `start`, as AX's does; a `cancel` after `end` is
+//! never read.
+//!
+//! **The in-band rule:** once the server has decoded a first `HarnessRequest`
+//! it knows the conversation to answer for, and every outcome from then on,
+//! refusals included, is an `end` frame: a first request other than `start`,
+//! a second `start`, a frame for another conversation, a bad
+//! `harness_config`, the execution limit (`RESOURCE_EXHAUSTED`), a draining
+//! server (`UNAVAILABLE`), a passed deadline (`DEADLINE_EXCEEDED`) and every
+//! agent error all end `FAILED` with their code. Before that there is no
+//! conversation id to echo, so the call ends with a gRPC status instead:
+//! a caller without the bearer token (`UNAUTHENTICATED`, checked before
+//! anything is read), a request stream that closes (`INVALID_ARGUMENT`) or
+//! breaks before its first request, an undecodable or oversized first frame,
+//! and a deadline or drain that comes while still waiting for it.
+//!
+//! # Shutdown
+//!
+//! On shutdown the server reports `NOT_SERVING`, refuses new calls with
+//! `UNAVAILABLE`, lets running executions finish within
+//! [`ServerOptions::grace_period`], and then cancels the rest, which end with
+//! `UNAVAILABLE` (a status on AgentService, `end{FAILED}` on HarnessService).
 
 mod agent_service;
 mod execution;
+mod harness_service;
 mod health;
 mod options;
 
@@ -36,9 +79,13 @@ pub use options::{ServerOptions, ServerTls};
 use crate::{agent::Agent, pb};
 use agent_service::AxpService;
 use execution::Shared;
+use harness_service::HarnessServer;
 
-/// The gRPC service name of AXP, as the health service reports it.
+/// The gRPC service name of AXP's AgentService, as the health service reports it.
 pub const AGENT_SERVICE_NAME: &str = "ax.AgentService";
+
+/// The gRPC service name of AXP's HarnessService, as the health service reports it.
+pub const HARNESS_SERVICE_NAME: &str = "ax.HarnessService";
 
 /// Why serving failed.
 #[derive(Debug, thiserror::Error)]
@@ -133,20 +180,33 @@ impl<A: Agent> AgentServer<A> {
         }
         let shared = health.shared.clone();
 
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // grpcurl before 1.8 and grpcio's client speak only v1alpha reflection.
+        let reflection = reflection_builder()
             .build_v1()
+            .map_err(ServeError::Reflection)?;
+        let reflection_v1alpha = reflection_builder()
+            .build_v1alpha()
             .map_err(ServeError::Reflection)?;
 
         let mut agent_service = pb::agent_service_server::AgentServiceServer::new(AxpService {
-            agent,
+            agent: agent.clone(),
             shared: shared.clone(),
         })
         .max_decoding_message_size(options.max_message_size)
         .max_encoding_message_size(options.max_message_size);
+        let mut harness_service =
+            pb::harness_service_server::HarnessServiceServer::new(HarnessServer {
+                agent,
+                shared: shared.clone(),
+                cancel_grace: options.cancel_grace,
+            })
+            .max_decoding_message_size(options.max_message_size)
+            .max_encoding_message_size(options.max_message_size);
         if options.gzip {
             agent_service = agent_service
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip);
+            harness_service = harness_service
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip);
         }
@@ -175,7 +235,9 @@ impl<A: Agent> AgentServer<A> {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(agent_service)
+            .add_service(harness_service)
             .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
         tokio::pin!(server);
 
@@ -199,4 +261,12 @@ impl<A: Agent> AgentServer<A> {
             Err(_) => Ok(()),
         }
     }
+}
+
+/// Reflection over the AXP and health descriptors (one builder per version:
+/// building consumes it).
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }

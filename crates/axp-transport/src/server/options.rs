@@ -14,6 +14,10 @@ pub struct ServerOptions {
     pub max_message_size: usize,
     /// How long running executions may take to finish once shutdown starts.
     pub grace_period: Duration,
+    /// How long an execution stopped by a HarnessService `cancel` frame may
+    /// take to wind down (its outputs are still forwarded) before
+    /// `end{CANCELED}` is sent regardless.
+    pub cancel_grace: Duration,
     /// When set, `ax.AgentService` and `ax.HarnessService` calls must carry
     /// `authorization: Bearer <token>`. Health and reflection stay open so probes work.
     pub bearer_token: Option<String>,
@@ -54,6 +58,10 @@ impl Default for ServerOptions {
             // Kubernetes waits 30 s (terminationGracePeriodSeconds) before SIGKILL;
             // finish inside it.
             grace_period: Duration::from_secs(25),
+            // A cancel should be acknowledged promptly; an agent that honours its
+            // token stops well within this (the reference agent interrupts at once
+            // and kills a stuck cell after 500 ms).
+            cancel_grace: Duration::from_secs(1),
             bearer_token: None,
             gzip: true,
             tls: None,
@@ -68,6 +76,7 @@ impl std::fmt::Debug for ServerOptions {
             .field("max_concurrent_streams", &self.max_concurrent_streams)
             .field("max_message_size", &self.max_message_size)
             .field("grace_period", &self.grace_period)
+            .field("cancel_grace", &self.cancel_grace)
             .field(
                 "bearer_token",
                 &self.bearer_token.as_ref().map(|_| "<redacted>"),
