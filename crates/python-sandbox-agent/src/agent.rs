@@ -1,4 +1,6 @@
-//! [`PythonAgent`]: the AXP [`Agent`] that runs each execution's code in its conversation's Python worker.
+//! [`PythonAgent`]: the AXP [`Agent`] that runs each execution's code in its conversation's Python worker. It answers
+//! `ax.AgentService` and `ax.HarnessService` alike: every rule below holds on both, and a refusal is the same gRPC
+//! code on both (a status on AgentService, `end{FAILED}` on HarnessService).
 //!
 //! # Guarantees
 //!
@@ -281,6 +283,7 @@ impl PythonAgent {
 impl Agent for PythonAgent {
     async fn execute(&self, execution: Execution) -> Result<OutputStream, AgentError> {
         let Execution {
+            protocol,
             conversation_id,
             exec_id,
             start,
@@ -294,16 +297,17 @@ impl Agent for PythonAgent {
             ));
         }
         if conversation_id.is_empty() {
-            return Err(AgentError::InvalidArgument(
-                "AgentRequest.conversation_id is empty".into(),
-            ));
+            return Err(AgentError::InvalidArgument(format!(
+                "{}.conversation_id is empty",
+                protocol.request_message()
+            )));
         }
         let code =
             prompt::extract(&start).map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
         let exec_options = self
             .inner
             .options
-            .exec_options(&start.agent_config)
+            .exec_options(&start.agent_config, protocol.config_field())
             .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
         let session = self.session(&conversation_id)?;
 
