@@ -1,16 +1,31 @@
-//! AXP transport: the gRPC protocol the AX controller uses to drive remote agents.
+//! AXP transport: the gRPC protocols the AX controller uses to drive remote agents.
 //!
-//! - [`client::AxpClient`] calls an agent (`ax.AgentService/Connect`, `HealthCheck`),
-//!   over one reused HTTP/2 channel, with deadlines, TLS and typed errors.
-//! - [`server::AgentServer`] serves any [`Agent`] with the wire contract enforced
-//!   (ids echoed, exactly one `end`), plus `grpc.health.v1` and reflection.
+//! Two lineages of AX speak two protocols; this crate serves and calls both,
+//! with the same messages (`proto/ax.proto`) and the same agent code:
+//!
+//! | Protocol | AX lineage | Client | Server |
+//! |---|---|---|---|
+//! | `ax.AgentService` (`Connect`, `HealthCheck`) | the fork with the structured-args extension (`subagent_prompt`) | [`AxpClient`] | [`AgentServer`] |
+//! | `ax.HarnessService` (bidirectional `Connect`) | upstream google/ax since June 2026, which removed AgentService | [`HarnessClient`] | [`AgentServer`] |
+//!
+//! Both field-number sets are frozen: they are pinned dialects, checked byte
+//! for byte by the wire tests.
+//!
+//! - [`client`]: [`AxpClient`] and [`HarnessClient`] call an agent over one
+//!   reused HTTP/2 channel, with deadlines, TLS and typed errors
+//!   ([`ClientError`]).
+//! - [`server`]: [`AgentServer`] serves any [`Agent`] on both protocols at
+//!   once, with the wire contract enforced (ids echoed, exactly one `end`),
+//!   plus `grpc.health.v1` and reflection.
+//! - [`agent`]: the [`Agent`] trait an agent implements once; [`Protocol`]
+//!   says which wire an [`Execution`] came on.
 //! - [`content`] builds and reads AXP messages.
 //! - [`registry`] reads the `agent_sandbox_agents` section of AX's `ax.yaml`.
 //! - `sandbox_agent` (feature `agent-sandbox`): the backend that claims a sandbox per
 //!   conversation (crate `sandbox-claim`) and speaks AXP to it.
 //! - [`pb`] holds the generated protobuf types (package `ax`).
 //!
-//! The wire contract is in `proto/` and `../shared/axp-wire-contract.md`.
+//! The wire contract is in `proto/`.
 
 pub mod agent;
 pub mod client;

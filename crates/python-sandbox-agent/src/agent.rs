@@ -10,7 +10,8 @@
 //! - **Pinning.** With [`AgentOptions::pin_conversation`] (the default) the first conversation seen owns the agent;
 //!   others get PERMISSION_DENIED, so a sandbox reused by mistake never shows one conversation's state to another.
 //! - **User-code failures are results.** Exceptions, timeouts, memory errors and a dying interpreter are reported in
-//!   the outputs, followed by `end`; only protocol and service failures are gRPC statuses.
+//!   the outputs, followed by `end` (`end{COMPLETED}` on HarnessService); only protocol and service failures carry
+//!   a gRPC code.
 //! - **A snippet cannot take the agent down.** Past its timeout a cell is interrupted (SIGINT → KeyboardInterrupt,
 //!   namespace kept); if it has not stopped [`AgentOptions::interrupt_grace`] later its worker is killed and
 //!   restarted, and the result says that earlier variables are lost.

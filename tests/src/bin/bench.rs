@@ -224,7 +224,7 @@ async fn harness_round_trip(binary: &Path, iterations: usize) -> anyhow::Result<
         anyhow::ensure!(axp_transport::content::planner_view(&messages).contains("42"));
     }
     Ok(Series {
-        name: "HarnessService round trip, one reused channel",
+        name: "HarnessService round trip, reused channel",
         samples,
     })
 }

@@ -16,9 +16,9 @@
 //!   and `exec_id`; HarnessService: `conversation_id`) and never sends a frame
 //!   with its oneof unset;
 //! - sends exactly one `end` and nothing after it;
-//! - cancels the execution (its [`CancellationToken`](tokio_util::sync::CancellationToken)
-//!   fires and its output stream is dropped) when the client cancels or the
-//!   caller's `grpc-timeout` passes;
+//! - cancels the execution (its [`CancellationToken`] fires and its output
+//!   stream is dropped) when the client cancels or the caller's
+//!   `grpc-timeout` passes;
 //! - applies the same bearer-token check, execution limit
 //!   ([`ServerOptions::max_concurrent_executions`]) and drain.
 //!
