@@ -3,6 +3,8 @@
 //!
 //! The agent never sees frames, ids or `end`: [`AgentServer`](crate::server::AgentServer)
 //! adds those, so an agent cannot break the wire contract the AX controller relies on.
+//! The same agent answers both protocols the server speaks ([`Protocol`]): a
+//! HarnessService `start` reaches it as an [`AgentStart`] too.
 
 use std::{future::Future, pin::Pin};
 
@@ -13,20 +15,80 @@ use tonic::{Code, Status, metadata::MetadataMap};
 
 use crate::pb::{AgentStart, HealthCheckResponse, Message};
 
-/// One AXP `Connect` call, as the agent sees it.
+/// Which wire protocol an execution arrived on.
+///
+/// Both carry the same work; they differ in framing and in how failures are
+/// reported, which the server handles. An agent needs this only to name the
+/// caller's fields in its error messages ([`Protocol::config_field`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// `ax.AgentService`: the protocol of the AX fork with `subagent_prompt`.
+    AgentService,
+    /// `ax.HarnessService`: the protocol of upstream google/ax since June 2026.
+    HarnessService,
+}
+
+impl Protocol {
+    /// The gRPC service name (`ax.AgentService`, `ax.HarnessService`).
+    pub fn service_name(self) -> &'static str {
+        match self {
+            Self::AgentService => crate::server::AGENT_SERVICE_NAME,
+            Self::HarnessService => crate::server::HARNESS_SERVICE_NAME,
+        }
+    }
+
+    /// The caller's name for [`AgentStart::agent_config`]: `agent_config`
+    /// on AgentService, `harness_config` on HarnessService.
+    pub fn config_field(self) -> &'static str {
+        match self {
+            Self::AgentService => "agent_config",
+            Self::HarnessService => "harness_config",
+        }
+    }
+
+    /// The caller's name for the request message (`AgentRequest`, `HarnessRequest`).
+    pub fn request_message(self) -> &'static str {
+        match self {
+            Self::AgentService => "AgentRequest",
+            Self::HarnessService => "HarnessRequest",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.service_name())
+    }
+}
+
+/// One execution (a `Connect` call on either protocol), as the agent sees it.
 #[derive(Debug)]
 pub struct Execution {
+    /// Which protocol the call arrived on.
+    pub protocol: Protocol,
     /// The request's `conversation_id`, echoed on every frame by the server.
     pub conversation_id: String,
-    /// The request's `exec_id`, echoed on every frame by the server.
+    /// AgentService: the request's `exec_id`, echoed on every frame.
+    /// HarnessService has no exec id on the wire: the server makes a unique
+    /// one per `start`, for logs, spans and the agent's own bookkeeping.
     pub exec_id: String,
     /// What to do. The server has already rejected requests without one.
+    ///
+    /// On HarnessService it is the `HarnessStart` in AgentStart's shape:
+    /// `agent_id` = `harness_id`, `agent_config` = `harness_config`,
+    /// `messages` as sent, and `subagent_prompt` / `subagent_history` empty
+    /// (that lineage has no structured args), so an agent that prefers
+    /// `subagent_prompt` and falls back to the last user text reads both alike.
     pub start: AgentStart,
     /// The request's gRPC metadata (`execution-id`, tracing headers, …).
     pub metadata: MetadataMap,
-    /// Fired when the client cancels, the call's deadline passes, or the
-    /// server's shutdown grace period ends. Long-running work should watch it;
-    /// the output stream is also dropped at that moment.
+    /// Fired when the client cancels (a HarnessService `cancel` frame or a
+    /// cancelled stream), the call's deadline passes, or the server's shutdown
+    /// grace period ends. Long-running work should watch it. The output stream
+    /// is dropped at that moment, except after a `cancel` frame, when the
+    /// server reads it for up to [`ServerOptions::cancel_grace`](crate::ServerOptions::cancel_grace)
+    /// so that `end{CANCELED}` follows the agent's actual stop.
     pub cancelled: CancellationToken,
     /// The client's deadline (from `grpc-timeout`), if it sent one.
     pub deadline: Option<Instant>,
@@ -36,7 +98,7 @@ pub struct Execution {
 /// `outputs` frame. An `Err` item ends the call with that error's gRPC status.
 pub type OutputStream = Pin<Box<dyn Stream<Item = Result<Vec<Message>, AgentError>> + Send>>;
 
-/// An AXP agent.
+/// An AXP agent, served on both `ax.AgentService` and `ax.HarnessService`.
 ///
 /// # Example
 ///
@@ -60,8 +122,10 @@ pub trait Agent: Send + Sync + 'static {
     /// # Errors
     ///
     /// A returned (or yielded) [`AgentError`] ends the call with the matching
-    /// gRPC status. Failures of the *user's task* (an exception in the code it
-    /// ran, say) are not errors: report them as outputs so the model reads them.
+    /// gRPC code: as the call's status on AgentService, as `end{FAILED}`
+    /// carrying that code and the message on HarnessService. Failures of the
+    /// *user's task* (an exception in the code it ran, say) are not errors:
+    /// report them as outputs so the model reads them.
     fn execute(
         &self,
         execution: Execution,

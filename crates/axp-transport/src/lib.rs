@@ -1,9 +1,24 @@
-//! AXP transport: the gRPC protocol the AX controller uses to drive remote agents.
+//! AXP transport: the gRPC protocols the AX controller uses to drive remote agents.
 //!
-//! - [`client::AxpClient`] calls an agent (`ax.AgentService/Connect`, `HealthCheck`),
-//!   over one reused HTTP/2 channel, with deadlines, TLS and typed errors.
-//! - [`server::AgentServer`] serves any [`Agent`] with the wire contract enforced
-//!   (ids echoed, exactly one `end`), plus `grpc.health.v1` and reflection.
+//! Two lineages of AX speak two protocols; this crate serves and calls both,
+//! with the same messages (`proto/ax.proto`) and the same agent code:
+//!
+//! | Protocol | AX lineage | Client | Server |
+//! |---|---|---|---|
+//! | `ax.AgentService` (`Connect`, `HealthCheck`) | the fork with the structured-args extension (`subagent_prompt`) | [`AxpClient`] | [`AgentServer`] |
+//! | `ax.HarnessService` (bidirectional `Connect`) | upstream google/ax since June 2026, which removed AgentService | [`HarnessClient`] | [`AgentServer`] |
+//!
+//! Both field-number sets are frozen: they are pinned dialects, checked byte
+//! for byte by the wire tests.
+//!
+//! - [`client`]: [`AxpClient`] and [`HarnessClient`] call an agent over one
+//!   reused HTTP/2 channel, with deadlines, TLS and typed errors
+//!   ([`ClientError`]).
+//! - [`server`]: [`AgentServer`] serves any [`Agent`] on both protocols at
+//!   once, with the wire contract enforced (ids echoed, exactly one `end`),
+//!   plus `grpc.health.v1` and reflection.
+//! - [`agent`]: the [`Agent`] trait an agent implements once; [`Protocol`]
+//!   says which wire an [`Execution`] came on.
 //! - [`content`] builds and reads AXP messages.
 //! - [`conventions`]: the AXP port and the line an agent binary prints once it listens.
 //! - [`remote::RemoteAgent`]: the one trait a controller holds every kind of
@@ -20,8 +35,8 @@ pub mod conventions;
 pub mod remote;
 pub mod server;
 
-pub use agent::{Agent, AgentError, Execution, OutputStream};
-pub use client::{AxpClient, ClientError, ClientOptions};
+pub use agent::{Agent, AgentError, Execution, OutputStream, Protocol};
+pub use client::{AxpClient, ClientError, ClientOptions, HarnessClient};
 pub use conventions::DEFAULT_PORT;
 pub use remote::{EndpointAgent, RemoteAgent, RemoteAgentError};
 pub use server::{AgentServer, ServerOptions, ServerTls};

@@ -1,4 +1,4 @@
-//! grpc.health.v1, reflection, and graceful shutdown of the AXP server.
+//! grpc.health.v1, reflection (v1 and v1alpha), and graceful shutdown of the AXP server.
 
 mod support;
 
@@ -11,8 +11,8 @@ use std::{
 };
 
 use axp_transport::{
-    AxpClient, ClientError, ClientOptions, ServerOptions, client::WaitOptions, content,
-    pb::AgentStart,
+    AxpClient, ClientError, ClientOptions, HarnessClient, ServerOptions, client::WaitOptions,
+    content, pb::AgentStart,
 };
 use futures::StreamExt;
 use support::{Script, serve, serve_agent_with, texts};
@@ -92,14 +92,14 @@ async fn the_wait_helper_gives_up_with_the_last_status_seen() {
 }
 
 #[tokio::test]
-async fn both_the_empty_service_and_ax_agent_service_report_health() {
+async fn the_empty_service_and_both_ax_services_report_health() {
     let served = serve(
         Script::Batches(vec![], Duration::ZERO),
         ServerOptions::default(),
     )
     .await;
     let mut health = HealthClient::new(channel(served.url()).await);
-    for service in ["", "ax.AgentService"] {
+    for service in ["", "ax.AgentService", "ax.HarnessService"] {
         let status = health
             .check(HealthCheckRequest {
                 service: service.into(),
@@ -109,6 +109,73 @@ async fn both_the_empty_service_and_ax_agent_service_report_health() {
             .into_inner()
             .status;
         assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
+    }
+}
+
+#[tokio::test]
+async fn health_for_the_empty_service_is_not_serving_until_the_agent_can_run_work() {
+    let served = serve_agent_with(
+        Script::Batches(vec![texts(&["ok"])], Duration::ZERO),
+        ServerOptions::default(),
+        false,
+    )
+    .await;
+    let harness = HarnessClient::new(&served.url(), ClientOptions::default()).unwrap();
+    assert_eq!(
+        harness.serving_status().await.unwrap(),
+        ServingStatus::NotServing
+    );
+    let quick = WaitOptions {
+        timeout: Duration::from_millis(200),
+        ..WaitOptions::default()
+    };
+    assert!(
+        matches!(
+            harness.wait_until_serving(quick).await,
+            Err(ClientError::NotServing { .. })
+        ),
+        "NOT_SERVING is retried, not taken for ready"
+    );
+    served.health.set_serving().await;
+    assert_eq!(
+        harness.serving_status().await.unwrap(),
+        ServingStatus::Serving
+    );
+    harness.wait_until_serving(quick).await.unwrap();
+}
+
+#[tokio::test]
+async fn reflection_v1alpha_lists_both_ax_services_for_older_grpcurl_and_grpcio() {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let served = serve(
+        Script::Batches(vec![], Duration::ZERO),
+        ServerOptions::default(),
+    )
+    .await;
+    let mut reflection = ServerReflectionClient::new(channel(served.url()).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for service in [
+        "ax.AgentService",
+        "ax.HarnessService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&service.to_owned()), "{service}: {names:?}");
     }
 }
 
@@ -135,6 +202,7 @@ async fn reflection_lists_the_agent_service_so_grpcurl_needs_no_protos() {
     };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"ax.AgentService".to_owned()), "{names:?}");
+    assert!(names.contains(&"ax.HarnessService".to_owned()), "{names:?}");
     assert!(
         names.contains(&"grpc.health.v1.Health".to_owned()),
         "{names:?}"

@@ -1,13 +1,15 @@
-//! Byte-level wire compatibility with AX's protos: every message is compared
-//! against bytes built by hand from the field numbers in the wire contract, so
-//! a renumbered or retyped field can never pass.
+//! Byte-level wire compatibility with AX's protos (AgentService and
+//! HarnessService): every message is compared against bytes built by hand
+//! from the field numbers in the wire contract, so a renumbered or retyped
+//! field can never pass.
 
 use axp_transport::pb::{
     self, AgentEnd, AgentOutputs, AgentRequest, AgentResponse, AgentStart, ApprovalDecision,
-    AudioContent, ConfirmationContent, Content, DocumentContent, FunctionCallContent,
-    FunctionResultContent, HealthCheckResponse, ImageContent, Message, TextContent, ThoughtContent,
-    ThoughtSummaryContent, ToolCallContent, ToolResultContent, VideoContent, agent_response,
-    content,
+    AudioContent, CancelReason, ConfirmationContent, Content, DocumentContent, FunctionCallContent,
+    FunctionResultContent, HarnessCancel, HarnessEnd, HarnessOutputs, HarnessRequest,
+    HarnessResponse, HarnessStart, HealthCheckResponse, ImageContent, Message, State, TextContent,
+    ThoughtContent, ThoughtSummaryContent, ToolCallContent, ToolResultContent, VideoContent,
+    agent_response, content, harness_request, harness_response,
 };
 use prost::Message as _;
 
@@ -302,37 +304,173 @@ fn confirmation_content_is_content_26_with_id_3_question_4_approval_5_decline_6(
 }
 
 #[test]
-fn harness_messages_match_the_successor_protocol_numbers() {
-    let request = pb::HarnessRequest {
+fn harness_request_start_is_3_with_conversation_1_harness_id_2_and_harness_start_config_1_messages_2()
+ {
+    let start = HarnessStart {
+        harness_config: b"{}".to_vec(),
+        messages: vec![Message {
+            role: "user".into(),
+            content: Some(content(content::Type::Text(text("hi")))),
+            internal_only: false,
+        }],
+    };
+    let message = cat(&[
+        ld(&[0x0a], b"user"),                           // role = 1
+        ld(&[0x12], &ld(&[0x52], &ld(&[0x1a], b"hi"))), // content = 2 → text = 10 → text = 3
+    ]);
+    let start_bytes = cat(&[
+        ld(&[0x0a], b"{}"),    // harness_config = 1
+        ld(&[0x12], &message), // messages = 2
+    ]);
+    assert_wire(&start, &start_bytes);
+
+    let request = HarnessRequest {
         conversation_id: "c".into(),
         harness_id: "h".into(),
-        r#type: Some(pb::harness_request::Type::Cancel(pb::HarnessCancel {
-            reason: pb::CancelReason::Timeout as i32,
-        })),
+        r#type: Some(harness_request::Type::Start(start)),
     };
     let bytes = cat(&[
-        ld(&[0x0a], b"c"),
-        ld(&[0x12], b"h"),
-        ld(&[0x22], &[0x08, 0x02]),
+        ld(&[0x0a], b"c"),         // conversation_id = 1
+        ld(&[0x12], b"h"),         // harness_id = 2
+        ld(&[0x1a], &start_bytes), // start = 3
     ]);
     assert_wire(&request, &bytes);
+}
 
-    let end = pb::HarnessResponse {
+#[test]
+fn harness_request_cancel_is_4_with_reason_1_and_every_reason_keeps_its_number() {
+    let reasons = [
+        (CancelReason::Unspecified, 0, "CANCEL_REASON_UNSPECIFIED"),
+        (
+            CancelReason::UserRequested,
+            1,
+            "CANCEL_REASON_USER_REQUESTED",
+        ),
+        (CancelReason::Timeout, 2, "CANCEL_REASON_TIMEOUT"),
+        (
+            CancelReason::InternalError,
+            3,
+            "CANCEL_REASON_INTERNAL_ERROR",
+        ),
+    ];
+    for (reason, number, name) in reasons {
+        assert_eq!(reason as i32, number, "{name}");
+        assert_eq!(reason.as_str_name(), name);
+        let request = HarnessRequest {
+            conversation_id: "c".into(),
+            harness_id: String::new(),
+            r#type: Some(harness_request::Type::Cancel(HarnessCancel {
+                reason: reason as i32,
+            })),
+        };
+        // proto3 leaves a zero enum off the wire; the cancel itself is still present.
+        let cancel = if number == 0 {
+            Vec::new()
+        } else {
+            vec![0x08, number as u8]
+        };
+        let bytes = cat(&[ld(&[0x0a], b"c"), ld(&[0x22], &cancel)]);
+        assert_wire(&request, &bytes);
+    }
+}
+
+#[test]
+fn harness_response_outputs_is_2_with_messages_1() {
+    let response = HarnessResponse {
         conversation_id: "c".into(),
-        r#type: Some(pb::harness_response::Type::End(pb::HarnessEnd {
-            state: pb::State::Canceled as i32,
+        r#type: Some(harness_response::Type::Outputs(HarnessOutputs {
+            messages: vec![Message {
+                role: "model".into(),
+                ..Message::default()
+            }],
+        })),
+    };
+    let message = ld(&[0x0a], b"model");
+    let bytes = cat(&[ld(&[0x0a], b"c"), ld(&[0x12], &ld(&[0x0a], &message))]);
+    assert_wire(&response, &bytes);
+}
+
+#[test]
+fn harness_response_end_is_3_with_state_1_and_error_2_of_code_1_and_description_2() {
+    let failed = HarnessResponse {
+        conversation_id: "c".into(),
+        r#type: Some(harness_response::Type::End(HarnessEnd {
+            state: State::Failed as i32,
             error: Some(pb::Error {
-                code: 4,
+                code: 9,
                 description: "d".into(),
             }),
         })),
     };
-    let error = cat(&[vec![0x08, 0x04], ld(&[0x12], b"d")]);
+    let error = cat(&[vec![0x08, 0x09], ld(&[0x12], b"d")]);
+    let end = cat(&[vec![0x08, 0x02], ld(&[0x12], &error)]);
+    assert_wire(&failed, &cat(&[ld(&[0x0a], b"c"), ld(&[0x1a], &end)]));
+
+    for (state, number) in [(State::Completed, 3u8), (State::Canceled, 4)] {
+        let response = HarnessResponse {
+            conversation_id: "c".into(),
+            r#type: Some(harness_response::Type::End(HarnessEnd {
+                state: state as i32,
+                error: None,
+            })),
+        };
+        let bytes = cat(&[ld(&[0x0a], b"c"), ld(&[0x1a], &[0x08, number])]);
+        assert_wire(&response, &bytes);
+    }
+}
+
+#[test]
+fn state_numbers_match_ax_with_canceled_4_added_for_harness_service() {
+    let states = [
+        (State::Unspecified, 0, "STATE_UNSPECIFIED"),
+        (State::Pending, 1, "STATE_PENDING"),
+        (State::Failed, 2, "STATE_FAILED"),
+        (State::Completed, 3, "STATE_COMPLETED"),
+        (State::Canceled, 4, "STATE_CANCELED"),
+    ];
+    for (state, number, name) in states {
+        assert_eq!(state as i32, number, "{name}");
+        assert_eq!(state.as_str_name(), name);
+    }
+}
+
+#[test]
+fn a_message_from_the_harness_lineage_without_internal_only_decodes() {
+    // Upstream removed Message.internal_only (field 3); its messages have only 1 and 2.
     let bytes = cat(&[
-        ld(&[0x0a], b"c"),
-        ld(&[0x1a], &cat(&[vec![0x08, 0x04], ld(&[0x12], &error)])),
+        ld(&[0x0a], b"user"),
+        ld(&[0x12], &ld(&[0x52], &ld(&[0x1a], b"hi"))),
     ]);
-    assert_wire(&end, &bytes);
+    let message = Message::decode(&bytes[..]).unwrap();
+    assert_eq!(message.role, "user");
+    assert!(!message.internal_only);
+    assert_eq!(axp_transport::content::text_of(&message), Some("hi"));
+}
+
+#[test]
+fn harness_service_connect_is_bidirectional_from_harness_request_to_harness_response() {
+    let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).unwrap();
+    let service = set
+        .file
+        .iter()
+        .filter(|f| f.package() == "ax")
+        .flat_map(|f| f.service.iter())
+        .find(|s| s.name() == "HarnessService")
+        .expect("ax.HarnessService");
+    let methods: Vec<_> = service.method.iter().map(|m| m.name()).collect();
+    assert_eq!(
+        methods,
+        ["Connect"],
+        "one RPC at /ax.HarnessService/Connect"
+    );
+    let connect = &service.method[0];
+    assert_eq!(connect.input_type(), ".ax.HarnessRequest");
+    assert_eq!(connect.output_type(), ".ax.HarnessResponse");
+    assert!(
+        connect.client_streaming(),
+        "the client streams start/cancel"
+    );
+    assert!(connect.server_streaming(), "the server streams outputs/end");
 }
 
 #[test]

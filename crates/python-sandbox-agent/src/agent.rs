@@ -1,4 +1,6 @@
-//! [`PythonAgent`]: the AXP [`Agent`] that runs each execution's code in its conversation's Python worker.
+//! [`PythonAgent`]: the AXP [`Agent`] that runs each execution's code in its conversation's Python worker. It answers
+//! `ax.AgentService` and `ax.HarnessService` alike: every rule below holds on both, and a refusal is the same gRPC
+//! code on both (a status on AgentService, `end{FAILED}` on HarnessService).
 //!
 //! # Guarantees
 //!
@@ -8,7 +10,8 @@
 //! - **Pinning.** With [`AgentOptions::pin_conversation`] (the default) the first conversation seen owns the agent;
 //!   others get PERMISSION_DENIED, so a sandbox reused by mistake never shows one conversation's state to another.
 //! - **User-code failures are results.** Exceptions, timeouts, memory errors and a dying interpreter are reported in
-//!   the outputs, followed by `end`; only protocol and service failures are gRPC statuses.
+//!   the outputs, followed by `end` (`end{COMPLETED}` on HarnessService); only protocol and service failures carry
+//!   a gRPC code.
 //! - **A snippet cannot take the agent down.** Past its timeout a cell is interrupted (SIGINT → KeyboardInterrupt,
 //!   namespace kept); if it has not stopped [`AgentOptions::interrupt_grace`] later its worker is killed and
 //!   restarted, and the result says that earlier variables are lost.
@@ -281,6 +284,7 @@ impl PythonAgent {
 impl Agent for PythonAgent {
     async fn execute(&self, execution: Execution) -> Result<OutputStream, AgentError> {
         let Execution {
+            protocol,
             conversation_id,
             exec_id,
             start,
@@ -294,16 +298,17 @@ impl Agent for PythonAgent {
             ));
         }
         if conversation_id.is_empty() {
-            return Err(AgentError::InvalidArgument(
-                "AgentRequest.conversation_id is empty".into(),
-            ));
+            return Err(AgentError::InvalidArgument(format!(
+                "{}.conversation_id is empty",
+                protocol.request_message()
+            )));
         }
         let code =
             prompt::extract(&start).map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
         let exec_options = self
             .inner
             .options
-            .exec_options(&start.agent_config)
+            .exec_options(&start.agent_config, protocol.config_field())
             .map_err(|e| AgentError::InvalidArgument(e.to_string()))?;
         let session = self.session(&conversation_id)?;
 

@@ -1,4 +1,5 @@
-//! Options: the agent's (from flags and env, see [`Cli`]) and each execution's (from `AgentStart.agent_config`).
+//! Options: the agent's (from flags and env, see [`Cli`]) and each execution's (from AgentService's
+//! `AgentStart.agent_config` or HarnessService's `HarnessStart.harness_config`: the same JSON options).
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -55,7 +56,7 @@ impl Default for AgentOptions {
     }
 }
 
-/// Per-execution options, from `AgentStart.agent_config` (JSON object; empty means defaults).
+/// Per-execution options, from `agent_config` / `harness_config` (JSON object; empty means defaults).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecOptions {
     /// Wall-clock timeout of this execution.
@@ -66,26 +67,36 @@ pub struct ExecOptions {
     pub reset: bool,
 }
 
-/// Why `agent_config` was refused.
+/// Why the per-execution options were refused. `field` is the caller's name for them (`agent_config` or
+/// `harness_config`), so the message names what to fix.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// Not a JSON object with the known keys.
     #[error(
-        "agent_config is not valid: {0} (expected a JSON object with optional keys timeout_secs, output_limit_bytes, reset)"
+        "{field} is not valid: {reason} (expected a JSON object with optional keys timeout_secs, output_limit_bytes, reset)"
     )]
-    Parse(String),
+    Parse {
+        /// The caller's name for the options.
+        field: &'static str,
+        /// What the JSON parser said.
+        reason: String,
+    },
     /// `timeout_secs` is not a positive number within the maximum.
-    #[error("agent_config.timeout_secs must be > 0 and <= {max}, got {got}")]
+    #[error("{field}.timeout_secs must be > 0 and <= {max}, got {got}")]
     Timeout {
+        /// The caller's name for the options.
+        field: &'static str,
         /// The value sent.
         got: f64,
         /// The maximum.
         max: f64,
     },
     /// `output_limit_bytes` is above the maximum.
-    #[error("agent_config.output_limit_bytes must be <= {max}, got {got}")]
+    #[error("{field}.output_limit_bytes must be <= {max}, got {got}")]
     OutputLimit {
+        /// The caller's name for the options.
+        field: &'static str,
         /// The value sent.
         got: u64,
         /// The maximum.
@@ -102,17 +113,25 @@ struct RawExecOptions {
 }
 
 impl AgentOptions {
-    /// Parses and validates `agent_config`.
+    /// Parses and validates the per-execution options; `field` names them in errors (see
+    /// [`Protocol::config_field`](axp_transport::Protocol::config_field)).
     ///
     /// # Errors
     ///
     /// [`ConfigError`] (sent as INVALID_ARGUMENT).
-    pub fn exec_options(&self, agent_config: &[u8]) -> Result<ExecOptions, ConfigError> {
-        let raw: RawExecOptions = if agent_config.iter().all(u8::is_ascii_whitespace) {
+    pub fn exec_options(
+        &self,
+        config: &[u8],
+        field: &'static str,
+    ) -> Result<ExecOptions, ConfigError> {
+        let raw: RawExecOptions = if config.iter().all(u8::is_ascii_whitespace) {
             RawExecOptions::default()
         } else {
-            serde_json::from_slice::<Option<RawExecOptions>>(agent_config)
-                .map_err(|e| ConfigError::Parse(e.to_string()))?
+            serde_json::from_slice::<Option<RawExecOptions>>(config)
+                .map_err(|e| ConfigError::Parse {
+                    field,
+                    reason: e.to_string(),
+                })?
                 .unwrap_or_default()
         };
         let timeout = match raw.timeout_secs {
@@ -120,7 +139,11 @@ impl AgentOptions {
             Some(secs) => {
                 let max = self.max_timeout.as_secs_f64();
                 if !(secs.is_finite() && secs > 0.0 && secs <= max) {
-                    return Err(ConfigError::Timeout { got: secs, max });
+                    return Err(ConfigError::Timeout {
+                        field,
+                        got: secs,
+                        max,
+                    });
                 }
                 Duration::from_secs_f64(secs)
             }
@@ -128,6 +151,7 @@ impl AgentOptions {
         let output_limit = raw.output_limit_bytes.unwrap_or(self.default_output_limit);
         if output_limit > self.max_output_limit {
             return Err(ConfigError::OutputLimit {
+                field,
                 got: output_limit,
                 max: self.max_output_limit,
             });
@@ -147,20 +171,21 @@ impl AgentOptions {
     version,
     about = "AXP agent that runs Python in a supervised, embedded interpreter (one sandbox pod per conversation)",
     long_about = "AXP agent that runs Python in a supervised, embedded interpreter (one sandbox pod per conversation).\n\n\
-        Serves ax.AgentService, grpc.health.v1 (SERVING once the Python worker is up) and reflection. The code to run \
-        is AgentStart.subagent_prompt, or the last user text message (legacy `History Summary:/Prompt:` envelope \
-        stripped); fenced ```python blocks are run in order. Per-execution options go in agent_config JSON: \
-        {\"timeout_secs\": 10, \"output_limit_bytes\": 65536, \"reset\": false}.\n\n\
+        Serves ax.AgentService (the AX fork) and ax.HarnessService (upstream AX) on one port, grpc.health.v1 \
+        (SERVING once the Python worker is up) and reflection. The code to run is AgentStart.subagent_prompt, or the \
+        last user text message (legacy `History Summary:/Prompt:` envelope stripped); fenced ```python blocks are \
+        run in order. Per-execution options go in agent_config (AgentService) or harness_config (HarnessService) \
+        JSON: {\"timeout_secs\": 10, \"output_limit_bytes\": 65536, \"reset\": false}.\n\n\
         On start it prints `listening on <addr>` on stdout (logs go to stderr)."
 )]
 pub struct Cli {
     /// Worker mode (internal).
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Address to serve AXP on (use port 0 to pick a free port; the chosen address is printed on stdout).
+    /// Address to serve AXP (both services) on (use port 0 to pick a free port; the chosen address is printed on stdout).
     #[arg(long, env = "LISTEN_ADDR", default_value_t = flag_defaults::listen())]
     pub listen: SocketAddr,
-    /// Default execution timeout in seconds (agent_config `timeout_secs` overrides it).
+    /// Default execution timeout in seconds (`timeout_secs` in agent_config / harness_config overrides it).
     #[arg(long, env = "PYTHON_TIMEOUT_SECS", default_value_t = flag_defaults::agent().default_timeout.as_secs_f64())]
     pub timeout_secs: f64,
     /// Largest timeout an execution may ask for, in seconds.
@@ -372,7 +397,7 @@ mod tests {
     fn empty_agent_config_means_defaults() {
         let options = AgentOptions::default();
         for config in [&b""[..], b"  ", b"{}", b"null"] {
-            let exec = options.exec_options(config).unwrap();
+            let exec = options.exec_options(config, "agent_config").unwrap();
             assert_eq!(exec.timeout, options.default_timeout);
             assert_eq!(exec.output_limit, options.default_output_limit);
             assert!(!exec.reset);
@@ -383,34 +408,56 @@ mod tests {
     fn agent_config_overrides_are_validated() {
         let options = AgentOptions::default();
         let exec = options
-            .exec_options(br#"{"timeout_secs": 1.5, "output_limit_bytes": 100, "reset": true}"#)
+            .exec_options(
+                br#"{"timeout_secs": 1.5, "output_limit_bytes": 100, "reset": true}"#,
+                "agent_config",
+            )
             .unwrap();
         assert_eq!(exec.timeout, Duration::from_millis(1500));
         assert_eq!(exec.output_limit, 100);
         assert!(exec.reset);
         assert!(matches!(
-            options.exec_options(br#"{"timeout_secs": 0}"#),
+            options.exec_options(br#"{"timeout_secs": 0}"#, "agent_config"),
             Err(ConfigError::Timeout { .. })
         ));
         assert!(matches!(
-            options.exec_options(br#"{"timeout_secs": 1e9}"#),
+            options.exec_options(br#"{"timeout_secs": 1e9}"#, "agent_config"),
             Err(ConfigError::Timeout { .. })
         ));
         assert!(matches!(
-            options.exec_options(br#"{"output_limit_bytes": 999999999999}"#),
+            options.exec_options(br#"{"output_limit_bytes": 999999999999}"#, "agent_config"),
             Err(ConfigError::OutputLimit { .. })
         ));
         assert!(matches!(
-            options.exec_options(br#"{"timeout": 1}"#),
-            Err(ConfigError::Parse(_))
+            options.exec_options(br#"{"timeout": 1}"#, "agent_config"),
+            Err(ConfigError::Parse { .. })
         ));
         assert!(matches!(
-            options.exec_options(b"not json"),
-            Err(ConfigError::Parse(_))
+            options.exec_options(b"not json", "agent_config"),
+            Err(ConfigError::Parse { .. })
         ));
         assert!(matches!(
-            options.exec_options(b"[1]"),
-            Err(ConfigError::Parse(_))
+            options.exec_options(b"[1]", "agent_config"),
+            Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn errors_name_the_field_the_caller_sent() {
+        let options = AgentOptions::default();
+        let error = options
+            .exec_options(br#"{"timeout_secs": -1}"#, "harness_config")
+            .unwrap_err();
+        assert!(
+            error.to_string().starts_with("harness_config.timeout_secs"),
+            "{error}"
+        );
+        let error = options
+            .exec_options(b"{nope", "harness_config")
+            .unwrap_err();
+        assert!(
+            error.to_string().starts_with("harness_config is not valid"),
+            "{error}"
+        );
     }
 }

@@ -1,12 +1,13 @@
-//! The reference AXP agent that runs Python: an `ax.AgentService` server whose executions run in an embedded
-//! CPython (pyo3), made to live in an agent-sandbox pod, one pod per conversation.
+//! The reference AXP agent that runs Python: an `ax.AgentService` and `ax.HarnessService` server (one port, same
+//! agent) whose executions run in an embedded CPython (pyo3), made to live in an agent-sandbox pod, one pod per
+//! conversation.
 //!
 //! - [`agent::PythonAgent`] is the [`Agent`](axp_transport::Agent): pinning, one execution at a time per
 //!   conversation, timeouts, dispatch to the conversation's worker.
 //! - [`worker`] is the supervised Python worker process (this binary in `worker` mode): [`worker::protocol`] on the
 //!   pipe, [`worker::child`] in the worker, [`worker::supervisor`] in the agent.
 //! - [`prompt`] finds the code in an `AgentStart`; [`output`] turns output into AXP messages; [`config`] holds the
-//!   flags and per-execution `agent_config` options.
+//!   flags and per-execution `agent_config` / `harness_config` options.
 //! - [`local::LocalAgent`] spawns the real binary on a free loopback port, for tests and local runtimes.
 //!
 //! Run `python-sandbox-agent --help` for the flags.

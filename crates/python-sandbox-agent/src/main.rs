@@ -112,7 +112,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         );
     }
     health.set_serving().await;
-    tracing::info!(%addr, "serving AXP, grpc.health.v1 and reflection");
+    tracing::info!(%addr, "serving ax.AgentService, ax.HarnessService, grpc.health.v1 and reflection");
     {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "{}", listening_line(addr));

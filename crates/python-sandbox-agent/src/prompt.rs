@@ -1,6 +1,6 @@
 //! Which code an execution runs: from `AgentStart.subagent_prompt` (the planner's structured prompt) when it is
 //! non-empty, otherwise from the last user text message with the legacy `History Summary: … Prompt:` envelope
-//! stripped. Fenced code blocks (```` ```python ````, ```` ```py ````, ```` ``` ````) are run in order, joined into
+//! stripped. HarnessService has no structured args, so its executions always take the second path. Fenced code blocks (```` ```python ````, ```` ```py ````, ```` ``` ````) are run in order, joined into
 //! one cell; text without fences is run as it is.
 
 use axp_transport::{content, pb::AgentStart};
@@ -9,8 +9,10 @@ use axp_transport::{content, pb::AgentStart};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// Neither `subagent_prompt` nor a user text message was sent.
-    #[error("no code to run: AgentStart has no subagent_prompt and no user text message")]
+    /// Neither `subagent_prompt` (AgentService only) nor a user text message was sent.
+    #[error(
+        "no code to run: the request has no user text message (and no AgentStart.subagent_prompt)"
+    )]
     NoPrompt,
     /// The prompt holds no code (empty, whitespace, or empty fences).
     #[error("no code to run: the {0} is empty")]

@@ -105,9 +105,10 @@ async fn main() -> anyhow::Result<()> {
 
     println!("\n1. One trivial execution, print(7*6), end to end");
     let axp = axp_round_trip(&binary, cli.iterations).await?;
+    let harness = harness_round_trip(&binary, cli.iterations).await?;
     let dial = dial_per_call(&binary, cli.iterations / 10).await?;
     let spawn = python_c(cli.spawns).await?;
-    for series in [&axp, &dial, &spawn] {
+    for series in [&axp, &harness, &dial, &spawn] {
         series.print();
     }
     let vs_spawn = micros(spawn.median()) / micros(axp.median());
@@ -119,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         "  → reusing the HTTP/2 channel is {vs_dial:.1}× faster than dialling per call (AX's Go client)"
     );
     report.insert("axp_round_trip".into(), axp.json());
+    report.insert("harness_round_trip".into(), harness.json());
     report.insert("axp_dial_per_call".into(), dial.json());
     report.insert("python3_c_per_request".into(), spawn.json());
     report.insert("speedup_vs_python3_c".into(), json!(vs_spawn));
@@ -199,6 +201,30 @@ async fn axp_round_trip(binary: &Path, iterations: usize) -> anyhow::Result<Seri
     }
     Ok(Series {
         name: "AXP round trip, one reused channel",
+        samples,
+    })
+}
+
+/// The same executions over `ax.HarnessService` (upstream AX's protocol), on the same kind of channel.
+async fn harness_round_trip(binary: &Path, iterations: usize) -> anyhow::Result<Series> {
+    let agent = spawn_agent(binary).await?;
+    let client = axp_transport::HarnessClient::dial(&agent.url(), ClientOptions::default()).await?;
+    let start = || axp_transport::pb::HarnessStart {
+        harness_config: Vec::new(),
+        messages: vec![axp_transport::content::user_text("print(7*6)")],
+    };
+    for _ in 0..100 {
+        client.run("bench", "python", start()).await?;
+    }
+    let mut samples = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let begun = Instant::now();
+        let messages = client.run("bench", "python", start()).await?;
+        samples.push(begun.elapsed());
+        anyhow::ensure!(axp_transport::content::planner_view(&messages).contains("42"));
+    }
+    Ok(Series {
+        name: "HarnessService round trip, reused channel",
         samples,
     })
 }

@@ -1,33 +1,45 @@
-//! `axp`: poke any AXP agent by hand. Built with the `cli` feature:
+//! `axp`: poke any AXP agent by hand, over either protocol. Built with the `cli` feature:
 //! `cargo run -p axp-transport --features cli --bin axp -- health 127.0.0.1:8494`.
 //!
 //! ```text
-//! axp call 127.0.0.1:8494 'print(6*7)'                # legacy envelope only
+//! axp call 127.0.0.1:8494 'print(6*7)'                # AgentService, legacy envelope only
 //! axp call 127.0.0.1:8494 --prompt 'print(6*7)' --history 'user: hi'
-//! axp health 127.0.0.1:8494
+//! axp call 127.0.0.1:8494 --protocol harness 'print(6*7)'   # HarnessService (upstream AX)
+//! axp health 127.0.0.1:8494                           # grpc.health.v1, service ""
 //! ```
 
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use axp_transport::{
-    AxpClient, ClientOptions,
+    AxpClient, ClientError, ClientOptions, HarnessClient,
     client::WaitOptions,
     content,
-    pb::{AgentStart, Message, content::Type},
+    pb::{AgentStart, HarnessStart, Message, content::Type},
 };
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 #[derive(Parser)]
 #[command(
     name = "axp",
     version,
-    about = "Call an AXP agent (ax.AgentService) by hand"
+    about = "Call an AXP agent (ax.AgentService or ax.HarnessService) by hand"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Which AX agent protocol to speak.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    /// ax.AgentService: the AX fork with `subagent_prompt`.
+    Axp,
+    /// ax.HarnessService: upstream google/ax since June 2026.
+    Harness,
 }
 
 #[derive(Subcommand)]
@@ -39,7 +51,11 @@ enum Command {
         /// The user's text. Sent as AX's planner does: wrapped in the legacy
         /// "History Summary: … Prompt: …" envelope.
         text: Option<String>,
-        /// Structured prompt (AgentStart.subagent_prompt); also used as TEXT when TEXT is absent.
+        /// The protocol to call with.
+        #[arg(long, value_enum, default_value_t = Protocol::Axp)]
+        protocol: Protocol,
+        /// Structured prompt (AgentStart.subagent_prompt; HarnessService has no such field); also used as TEXT when
+        /// TEXT is absent.
         #[arg(long)]
         prompt: Option<String>,
         /// Structured history (AgentStart.subagent_history).
@@ -48,13 +64,13 @@ enum Command {
         /// Conversation id.
         #[arg(long, default_value = "axp-cli")]
         conversation: String,
-        /// Execution id (a new one per call by default).
+        /// Execution id (a new one per call by default; AgentService only: HarnessService has none).
         #[arg(long)]
         exec: Option<String>,
-        /// Agent id (AgentStart.agent_id).
+        /// Agent id (AgentStart.agent_id, or HarnessRequest.harness_id).
         #[arg(long, default_value = "")]
         agent_id: String,
-        /// AgentStart.agent_config, JSON.
+        /// Per-execution options, JSON (AgentStart.agent_config, or HarnessStart.harness_config).
         #[arg(long)]
         config: Option<String>,
         /// Deadline for the whole call, in seconds.
@@ -64,7 +80,8 @@ enum Command {
         #[arg(long, env = "AXP_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
-    /// Ask whether an agent is up (grpc.health.v1, then AXP HealthCheck).
+    /// Ask whether an agent is up: grpc.health.v1 for service "" (what Kubernetes and AX's harness client ask),
+    /// or AXP HealthCheck for agents without the standard health service.
     Health {
         /// Agent address: host:port or http(s)://host:port.
         addr: String,
@@ -90,6 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Call {
             addr,
             text,
+            protocol,
             prompt,
             history,
             conversation,
@@ -114,25 +132,49 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bearer_token: token,
                 ..ClientOptions::default()
             };
-            let client = AxpClient::new(&addr, options)?;
-            let start = AgentStart {
-                agent_id,
-                agent_config: config.unwrap_or_default().into_bytes(),
-                messages: vec![content::user_text(content::planner_envelope(
-                    &history, &user_text,
-                ))],
-                subagent_prompt: prompt.unwrap_or_default(),
-                subagent_history: history,
-            };
-            let exec = exec.unwrap_or_else(|| format!("exec-{}", std::process::id()));
-            let mut outputs = client.connect(&conversation, &exec, start).await?;
-            while let Some(batch) = outputs.next().await {
-                for message in batch? {
-                    print_message(&message);
+            let messages = vec![content::user_text(content::planner_envelope(
+                &history, &user_text,
+            ))];
+            let config = config.unwrap_or_default().into_bytes();
+            match protocol {
+                Protocol::Axp => {
+                    let client = AxpClient::new(&addr, options)?;
+                    let start = AgentStart {
+                        agent_id,
+                        agent_config: config,
+                        messages,
+                        subagent_prompt: prompt.unwrap_or_default(),
+                        subagent_history: history,
+                    };
+                    let exec = exec.unwrap_or_else(|| format!("exec-{}", std::process::id()));
+                    let mut outputs = client.connect(&conversation, &exec, start).await?;
+                    while let Some(batch) = outputs.next().await {
+                        for message in batch? {
+                            print_message(&message);
+                        }
+                    }
+                    if !outputs.ended() {
+                        eprintln!("axp: (the agent closed the stream without `end`)");
+                    }
                 }
-            }
-            if !outputs.ended() {
-                eprintln!("axp: (the agent closed the stream without `end`)");
+                Protocol::Harness => {
+                    if exec.is_some() {
+                        anyhow::bail!(
+                            "--exec has no meaning on HarnessService: the agent makes its own exec id"
+                        );
+                    }
+                    let client = HarnessClient::new(&addr, options)?;
+                    let start = HarnessStart {
+                        harness_config: config,
+                        messages,
+                    };
+                    let mut outputs = client.connect(&conversation, &agent_id, start).await?;
+                    while let Some(batch) = outputs.next().await {
+                        for message in batch? {
+                            print_message(&message);
+                        }
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -148,21 +190,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("SERVING");
                 return Ok(ExitCode::SUCCESS);
             }
-            let answer = client.health_check().await?;
-            println!(
-                "{} {}",
-                if answer.healthy {
-                    "healthy"
-                } else {
-                    "unhealthy"
-                },
-                answer.message
-            );
-            Ok(if answer.healthy {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            match client.serving_status().await {
+                Ok(status) => {
+                    println!("{}", status.as_str_name());
+                    Ok(if status == ServingStatus::Serving {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+                Err(ClientError::Status {
+                    code: Code::Unimplemented,
+                    ..
+                }) => {
+                    // No standard health service: older agents only have AXP's.
+                    let answer = client.health_check().await?;
+                    println!(
+                        "{} {} (AXP HealthCheck; no grpc.health.v1)",
+                        if answer.healthy {
+                            "healthy"
+                        } else {
+                            "unhealthy"
+                        },
+                        answer.message
+                    );
+                    Ok(if answer.healthy {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+                Err(error) => Err(error.into()),
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use axp_transport::{
-    Agent, AgentError, AgentServer, Execution, OutputStream, ServerOptions, content,
+    Agent, AgentError, AgentServer, Execution, OutputStream, Protocol, ServerOptions, content,
     pb::{AgentStart, Message},
     server::HealthControl,
 };
@@ -27,14 +27,20 @@ pub enum Script {
     Refuse(AgentError),
     /// Send one batch, then fail.
     FailAfterOne(Vec<Message>, AgentError),
-    /// Never send anything; record when the execution is cancelled.
+    /// Never send anything, ignoring cancellation; record when the execution is cancelled.
     Hang,
+    /// Send one batch, wait for the execution to be cancelled, then send a
+    /// last batch (`"stopped"`) and finish, as an agent that honours its token does.
+    StopOnCancel(Vec<Message>),
+    /// Take this long to start (without watching the token), then hang.
+    SlowStart(Duration),
 }
 
 /// Records what the server handed the agent, and what happened to it.
 #[derive(Default)]
 pub struct Record {
     pub starts: Mutex<Vec<(String, String, AgentStart)>>,
+    pub protocols: Mutex<Vec<Protocol>>,
     pub execution_ids: Mutex<Vec<Option<String>>>,
     pub cancelled: AtomicUsize,
     pub cancelled_tx: Mutex<Option<oneshot::Sender<()>>>,
@@ -52,6 +58,11 @@ impl Agent for ScriptedAgent {
             execution.exec_id.clone(),
             execution.start.clone(),
         ));
+        self.record
+            .protocols
+            .lock()
+            .unwrap()
+            .push(execution.protocol);
         self.record.execution_ids.lock().unwrap().push(
             execution
                 .metadata
@@ -82,6 +93,18 @@ impl Agent for ScriptedAgent {
                 Ok(Box::pin(futures::stream::iter([Ok(batch), Err(error)])))
             }
             Script::Hang => Ok(Box::pin(futures::stream::pending())),
+            Script::StopOnCancel(batch) => {
+                let token = execution.cancelled.clone();
+                Ok(Box::pin(async_stream::stream! {
+                    yield Ok(batch);
+                    token.cancelled().await;
+                    yield Ok(vec![content::model_text("stopped")]);
+                }))
+            }
+            Script::SlowStart(delay) => {
+                tokio::time::sleep(delay).await;
+                Ok(Box::pin(futures::stream::pending()))
+            }
         }
     }
 }
