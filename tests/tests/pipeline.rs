@@ -103,6 +103,54 @@ async fn two_executions_of_a_conversation_share_state_and_its_sandbox() {
 }
 
 #[tokio::test]
+async fn a_conversation_over_harness_service_keeps_its_state_across_turns() {
+    let pipeline = Pipeline::start(1).await.unwrap();
+    // Upstream AX's dialect: the same entry, `protocol: harness`.
+    let yaml = pipeline
+        .ax_yaml("")
+        .replace("protocol: axp", "protocol: harness");
+    let registry = agent_sandbox_backend::Registry::from_yaml(&yaml).unwrap();
+    let entry = registry.get("py").unwrap();
+    assert_eq!(entry.protocol, axp_transport::Protocol::HarnessService);
+    let agent = AgentSandboxAgent::from_config(pipeline.cluster.client(), entry)
+        .await
+        .unwrap();
+
+    let (_, first) = run(&agent, "conv-h", "e1", planner_call("total = 40"))
+        .await
+        .unwrap();
+    assert!(first.ended, "HarnessService ends with `end`");
+    let (text, second) = run(&agent, "conv-h", "e2", planner_call("print(total + 2)"))
+        .await
+        .unwrap();
+    assert!(
+        text.contains("42"),
+        "turn two sees turn one's state: {text}"
+    );
+    assert_eq!(first.sandbox, second.sandbox);
+
+    // The agent heard HarnessService: a bad option is reported in that
+    // protocol's terms (`harness_config`), as `end{FAILED, INVALID_ARGUMENT}`.
+    let bad = AgentStart {
+        agent_config: br#"{"timeout_secs": -1}"#.to_vec(),
+        ..planner_call("print(1)")
+    };
+    let error = run(&agent, "conv-h", "e3", bad).await.unwrap_err();
+    assert_eq!(
+        error.agent_code(),
+        Some(tonic::Code::InvalidArgument),
+        "{error}"
+    );
+    let chain = std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+    assert!(chain.contains("harness_config"), "{chain}");
+    agent.release("conv-h").await.unwrap();
+    assert_eq!(pipeline.claims(), 0);
+}
+
+#[tokio::test]
 async fn two_conversations_are_isolated_in_two_sandboxes() {
     let pipeline = Pipeline::start(0).await.unwrap();
     let agent = pipeline.backend("").await.unwrap();

@@ -7,11 +7,11 @@ use std::{
     sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError},
 };
 
-use axp_transport::AxpClient;
 use sandbox_claim::SandboxHandle;
 use tokio::{sync::Mutex, time::Instant};
 
 use crate::{
+    client::AgentClient,
     error::SandboxAgentError,
     options::{ConnectionMode, SandboxAgentOptions},
 };
@@ -27,7 +27,7 @@ const ROUTER_SANDBOX_POD_IP: &str = "x-sandbox-pod-ip";
 #[derive(Debug)]
 pub(crate) struct Endpoint {
     pub(crate) handle: SandboxHandle,
-    pub(crate) client: AxpClient,
+    pub(crate) client: AgentClient,
     pub(crate) address: String,
     pub(crate) renewed_at: Instant,
 }
@@ -56,13 +56,14 @@ impl Endpoint {
                 (url.clone(), client)
             }
         };
-        let client = AxpClient::new(&address, client_options).map_err(|source| {
-            SandboxAgentError::Connect {
-                claim: handle.claim_name.clone(),
-                endpoint: address.clone(),
-                source: Box::new(source),
-            }
-        })?;
+        let client =
+            AgentClient::new(options.protocol, &address, client_options).map_err(|source| {
+                SandboxAgentError::Connect {
+                    claim: handle.claim_name.clone(),
+                    endpoint: address.clone(),
+                    source: Box::new(source),
+                }
+            })?;
         Ok(Self {
             handle,
             client,

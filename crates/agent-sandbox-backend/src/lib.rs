@@ -54,6 +54,7 @@
 //! `examples/run_a_conversation.rs` is the same as a program.
 
 mod agent;
+mod client;
 mod conversations;
 pub mod error;
 mod execution;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use axp_transport::{ClientOptions, DEFAULT_PORT};
+use axp_transport::{ClientOptions, DEFAULT_PORT, Protocol};
 use sandbox_claim::{ApiVersion, ClaimOptions, VersionSelection};
 
 use crate::registry::AgentSandboxAgentConfig;
@@ -15,6 +15,8 @@ pub struct SandboxAgentOptions {
     pub claims: ClaimOptions,
     /// The agent's AXP port in the pod.
     pub port: u16,
+    /// Which AXP dialect the agent is spoken to in.
+    pub protocol: Protocol,
     /// Direct to the pod IP, or through the router.
     pub connection: ConnectionMode,
     /// Keep the sandbox for the conversation, or release after each execution.
@@ -31,6 +33,9 @@ impl Default for SandboxAgentOptions {
             claims: ClaimOptions::default(),
             // The reference agent's port, as in AX's Go backend.
             port: DEFAULT_PORT,
+            // The AX fork's dialect, which this backend was first written for;
+            // upstream AX (HarnessService) is one registry line away.
+            protocol: Protocol::AgentService,
             // In-cluster controllers reach pods directly where NetworkPolicy allows.
             connection: ConnectionMode::Direct,
             // Conversation-scoped: state survives between a conversation's turns.
@@ -158,6 +163,7 @@ impl SandboxAgentOptions {
         Ok(Self {
             claims,
             port: config.port,
+            protocol: config.protocol,
             connection: config.connection.clone(),
             release: config.release,
             client: ClientOptions {

@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
+use axp_transport::Protocol;
 use sandbox_claim::VersionSelection;
 use serde_json::Value;
 
@@ -208,17 +209,25 @@ impl<'a> EntryFields<'a> {
                 defaults.port
             }
         };
-        match self.string("protocol").as_deref() {
-            None | Some("axp") => {}
-            Some("a2a") => self.problem(
-                "protocol",
-                "\"a2a\" is not supported by agent-sandbox agents; only \"axp\" is",
-            ),
-            Some(other) => self.problem(
-                "protocol",
-                format!("{other:?} is not supported; use \"axp\""),
-            ),
-        }
+        let protocol = match self.string("protocol").as_deref() {
+            None => defaults.protocol,
+            Some("axp") => Protocol::AgentService,
+            Some("harness") => Protocol::HarnessService,
+            Some("a2a") => {
+                self.problem(
+                    "protocol",
+                    "\"a2a\" is not supported by agent-sandbox agents; use \"axp\" (ax.AgentService) or \"harness\" (ax.HarnessService)",
+                );
+                defaults.protocol
+            }
+            Some(other) => {
+                self.problem(
+                    "protocol",
+                    format!("{other:?} is not supported; use \"axp\" (ax.AgentService, the AX fork) or \"harness\" (ax.HarnessService, upstream AX)"),
+                );
+                defaults.protocol
+            }
+        };
         let api_version = self.one_of(
             "api_version",
             &[
@@ -298,6 +307,7 @@ impl<'a> EntryFields<'a> {
             template,
             warm_pool,
             port,
+            protocol,
             api_version,
             ready_timeout: ready_timeout?,
             ttl: ttl?,

@@ -28,12 +28,13 @@
 //! Validation follows AX: ids match `^[A-Za-z0-9-]+$` (the planner cannot
 //! dispatch `_`), `__planner` and `gemini` are reserved, ids are unique,
 //! `namespace` and one of `template`/`warm_pool` are required, the port is
-//! 1–65535 and the protocol is `axp`. Every problem is reported at once, each
+//! 1–65535 and the protocol is `axp` or `harness`. Every problem is reported at once, each
 //! naming its entry and field. Keys outside `registry.agent_sandbox_agents`
 //! belong to the rest of AX's configuration and are ignored.
 
 use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
+use axp_transport::Protocol;
 use sandbox_claim::VersionSelection;
 use serde::Deserialize;
 use serde_json::Value;
@@ -62,6 +63,9 @@ pub struct AgentSandboxAgentConfig {
     pub warm_pool: Option<String>,
     /// The agent's AXP port in the pod.
     pub port: u16,
+    /// `protocol: axp` (`ax.AgentService`, the AX fork) or `protocol: harness`
+    /// (`ax.HarnessService`, upstream AX).
+    pub protocol: Protocol,
     /// Which agent-sandbox API to speak.
     pub api_version: VersionSelection,
     /// How long to wait for a claimed sandbox to become Ready.
@@ -350,6 +354,29 @@ registry:
             ));
             assert_eq!(found[0].field, "port", "{port}");
         }
+    }
+
+    #[test]
+    fn axp_and_harness_pick_the_protocol_and_anything_else_names_both() {
+        let parse = |protocol: &str| {
+            Registry::from_yaml(&format!(
+                "registry:\n  agent_sandbox_agents:\n    - id: py\n      namespace: ns\n      warm_pool: p\n{protocol}"
+            ))
+        };
+        let protocol_of = |line: &str| parse(line).unwrap().agents[0].protocol;
+        assert_eq!(protocol_of(""), Protocol::AgentService);
+        assert_eq!(protocol_of("      protocol: axp\n"), Protocol::AgentService);
+        assert_eq!(
+            protocol_of("      protocol: harness\n"),
+            Protocol::HarnessService
+        );
+        let found = problems("id: py\nnamespace: ns\nwarm_pool: p\nprotocol: grpc");
+        assert_eq!(found[0].field, "protocol");
+        assert!(
+            found[0].message.contains("\"axp\"") && found[0].message.contains("\"harness\""),
+            "{}",
+            found[0]
+        );
     }
 
     #[test]
