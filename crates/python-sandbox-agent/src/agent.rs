@@ -9,9 +9,10 @@
 //!   an order the model did not see). A call that arrives while the worker is only being restarted waits for it.
 //! - **Pinning.** With [`AgentOptions::pin_conversation`] (the default) the first conversation seen owns the agent;
 //!   others get PERMISSION_DENIED, so a sandbox reused by mistake never shows one conversation's state to another.
-//! - **User-code failures are results.** Exceptions, timeouts, memory errors and a dying interpreter are reported in
-//!   the outputs, followed by `end` (`end{COMPLETED}` on HarnessService); only protocol and service failures carry
-//!   a gRPC code.
+//! - **User-code failures are results.** Exceptions and memory errors are reported in the outputs, followed by
+//!   `end` (`end{COMPLETED}` on HarnessService). A timeout or a dying interpreter is reported in the outputs too; on
+//!   AgentService the call then ends normally (AX's fork shows the planner only the text), on HarnessService it
+//!   ends `end{FAILED}` with DEADLINE_EXCEEDED or INTERNAL, as upstream AX expects of an agent-side failure.
 //! - **A snippet cannot take the agent down.** Past its timeout a cell is interrupted (SIGINT → KeyboardInterrupt,
 //!   namespace kept); if it has not stopped [`AgentOptions::interrupt_grace`] later its worker is killed and
 //!   restarted, and the result says that earlier variables are lost.
@@ -26,10 +27,9 @@ use std::{
 };
 
 use axp_transport::{
-    Agent, AgentError, Execution, OutputStream,
+    Agent, AgentError, Execution, OutputStream, Protocol,
     pb::{HealthCheckResponse, Message},
 };
-use futures::StreamExt as _;
 use tokio::sync::{OwnedMutexGuard, mpsc};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -371,11 +371,12 @@ impl Agent for PythonAgent {
             call_deadline: deadline,
             output_limit: exec_options.output_limit,
             exec_id,
+            protocol,
             cancelled,
             tx,
         };
         tokio::spawn(run.run(slot));
-        Ok(Box::pin(UnboundedReceiverStream::new(rx).map(Ok)))
+        Ok(Box::pin(UnboundedReceiverStream::new(rx)))
     }
 
     async fn health(&self) -> HealthCheckResponse {
@@ -407,7 +408,9 @@ struct Run {
     output_limit: u64,
     exec_id: String,
     cancelled: CancellationToken,
-    tx: mpsc::UnboundedSender<Vec<Message>>,
+    /// Which wire the call came on: it decides how a timeout or a crash ends the call.
+    protocol: Protocol,
+    tx: mpsc::UnboundedSender<Result<Vec<Message>, AgentError>>,
 }
 
 /// Marks a session's lock as held by running code (not by a restart) while it lives.
@@ -443,6 +446,7 @@ impl Run {
             call_deadline,
             output_limit,
             exec_id,
+            protocol,
             cancelled,
             tx,
         } = self;
@@ -481,7 +485,7 @@ impl Run {
                 () = sleep_until(flush_at) => {
                     let batch = collector.flush();
                     if !batch.is_empty() {
-                        let _ = tx.send(batch);
+                        let _ = tx.send(Ok(batch));
                     }
                 }
                 () = tokio::time::sleep_until(deadline), if stop.is_none() => {
@@ -511,15 +515,16 @@ impl Run {
         let timed_out = matches!(stop, Some((Stop::Timeout, _)));
         outcome.timed_out = timed_out;
         let secs = timeout.as_secs_f64();
+        // The agent-side failure behind `outcome.error`, for HarnessService's `end{FAILED}`.
+        let mut agent_failure = None;
         if killed {
             outcome.state_lost = true;
-            outcome.error = Some((
-                "TimeoutError".into(),
-                format!(
-                    "the code ran past its {secs} s timeout and did not stop when interrupted, so the Python \
-                     worker was killed"
-                ),
-            ));
+            let description = format!(
+                "the code ran past its {secs} s timeout and did not stop when interrupted, so the Python worker \
+                 was killed"
+            );
+            agent_failure = Some(AgentError::DeadlineExceeded(description.clone()));
+            outcome.error = Some(("TimeoutError".into(), description));
             outcome.notices.push(STATE_LOST.to_owned());
         } else if let Some(Event::Died(status)) = &died {
             outcome.state_lost = true;
@@ -528,10 +533,10 @@ impl Run {
             } else {
                 ""
             };
-            outcome.error = Some((
-                "WorkerDied".into(),
-                format!("the Python interpreter stopped while running this code: {status}{hint}"),
-            ));
+            let description =
+                format!("the Python interpreter stopped while running this code: {status}{hint}");
+            agent_failure = Some(AgentError::Internal(description.clone()));
+            outcome.error = Some(("WorkerDied".into(), description));
             outcome.notices.push(STATE_LOST.to_owned());
         } else if timed_out {
             let interrupted = outcome
@@ -540,13 +545,12 @@ impl Run {
                 .and_then(|r| r.error.as_ref())
                 .is_some_and(|e| e.r#type == "KeyboardInterrupt");
             if interrupted {
-                outcome.error = Some((
-                    "TimeoutError".into(),
-                    format!(
-                        "the code ran past its {secs} s timeout and was interrupted; variables from earlier \
-                         executions are kept"
-                    ),
-                ));
+                let description = format!(
+                    "the code ran past its {secs} s timeout and was interrupted; variables from earlier executions \
+                     are kept"
+                );
+                agent_failure = Some(AgentError::DeadlineExceeded(description.clone()));
+                outcome.error = Some(("TimeoutError".into(), description));
             }
         }
         if let Some(result) = &outcome.result {
@@ -557,7 +561,13 @@ impl Run {
             // can be several times the output limit, past what a gRPC client accepts in one message (4 MiB by
             // default).
             for message in output::finish(&mut collector, &outcome, &exec_id) {
-                let _ = tx.send(vec![message]);
+                let _ = tx.send(Ok(vec![message]));
+            }
+            // HarnessService reports what the agent (not the user's code) cut short as `end{FAILED}`.
+            if protocol == Protocol::HarnessService
+                && let Some(failure) = agent_failure
+            {
+                let _ = tx.send(Err(failure));
             }
         }
         // The stream ends (and `end` is sent) before any restart, so the result is not delayed by it.

@@ -193,11 +193,16 @@ async fn a_python_exception_is_a_completed_execution_whose_text_shows_the_traceb
 }
 
 #[tokio::test]
-async fn a_dying_interpreter_is_a_completed_execution_that_says_so_as_on_agent_service() {
+async fn a_dying_interpreter_says_so_in_the_outputs_and_ends_failed_with_internal() {
     let agent = agent(&[]).await;
-    let run = turn(&agent.url(), "c1", "import os\nos._exit(3)").await;
+    let run = ax_call(&agent.url(), "c1", start("import os\nos._exit(3)"))
+        .await
+        .unwrap();
     assert_eq!(run.error_type().as_deref(), Some("WorkerDied"));
     assert!(run.text().contains("exit status 3"), "{}", run.text());
+    let (code, description) = run.failure();
+    assert_eq!(code, Code::Internal);
+    assert!(description.contains("exit status 3"), "{description}");
     assert_eq!(turn(&agent.url(), "c1", "print(1)").await.text(), "1");
 }
 
@@ -213,7 +218,13 @@ async fn harness_config_carries_the_same_options_as_agent_config() {
     )
     .await
     .unwrap();
-    slow.completed();
+    let (code, description) = slow.failure();
+    assert_eq!(
+        code,
+        Code::DeadlineExceeded,
+        "a timeout is an agent-side failure"
+    );
+    assert!(description.contains("0.5 s timeout"), "{description}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
