@@ -169,7 +169,7 @@ async fn start_embedded(cli: &Cli, clock: &Instant) -> anyhow::Result<Pipeline> 
     step(
         clock,
         &format!(
-            "fake Kubernetes API server at {} (upstream CRDs installed)",
+            "fake Kubernetes API server at {} (the agent-sandbox CRDs generated from sandbox-claim's types)",
             pipeline.cluster.server().url()
         ),
     );
