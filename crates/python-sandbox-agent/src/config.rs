@@ -209,6 +209,16 @@ pub struct Cli {
     /// Refuse subprocess, os.system, os.exec* and os.posix_spawn in Python code (os.fork is always refused).
     #[arg(long, env = "PYTHON_BLOCK_SUBPROCESS")]
     pub block_subprocess: bool,
+    /// Also pass this environment variable to the Python worker (repeat, or separate with commas). The worker
+    /// otherwise gets only PATH, HOME, TMPDIR, LANG, LC_*, TZ, CPython's PYTHON* and a few more (see the README);
+    /// AXP_TOKEN and AXP_TOKEN_FILE are never passed.
+    #[arg(
+        long = "worker-env",
+        env = "PYTHON_WORKER_ENV",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub worker_env: Vec<String>,
     /// Serve any number of conversations (one worker each) instead of pinning to the first one; for local use.
     #[arg(long, env = "PYTHON_AGENT_UNPINNED")]
     pub unpinned: bool,
@@ -300,7 +310,7 @@ pub struct WorkerArgs {
 }
 
 /// Environment variables the worker must not see (user code could read them).
-pub const SECRET_ENV: &[&str] = &["AXP_TOKEN", "AXP_TOKEN_FILE"];
+pub use crate::worker::env::SECRET_ENV;
 
 impl Cli {
     /// The agent options these flags describe.
@@ -315,7 +325,7 @@ impl Cli {
                     file_size_bytes: mb(self.file_size_limit_mb),
                     block_subprocess: self.block_subprocess,
                 },
-                scrub_env: SECRET_ENV.iter().map(|s| (*s).to_owned()).collect(),
+                pass_env: self.worker_env.clone(),
                 ..defaults.worker.clone()
             },
             pin_conversation: !self.unpinned,

@@ -8,12 +8,15 @@
 //!   pipe, [`worker::child`] in the worker, [`worker::supervisor`] in the agent.
 //! - [`prompt`] finds the code in an `AgentStart`; [`output`] turns output into AXP messages; [`config`] holds the
 //!   flags and per-execution `agent_config` / `harness_config` options.
+//! - [`init`] is what the agent binary does as PID 1 of its container (or a subreaper outside one): reaping
+//!   orphans, killing what user code leaves behind, taking SIGTERM only from the runtime.
 //! - [`local::LocalAgent`] spawns the real binary on a free loopback port, for tests and local runtimes.
 //!
 //! Run `python-sandbox-agent --help` for the flags.
 
 pub mod agent;
 pub mod config;
+pub mod init;
 pub mod local;
 pub mod output;
 pub mod prompt;

@@ -11,6 +11,7 @@ use clap::Parser as _;
 use python_sandbox_agent::{
     PythonAgent,
     config::{Cli, Command, LogFormat},
+    init::{self, Containment},
     worker::child::{self, Limits},
 };
 
@@ -28,6 +29,8 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     init_logging(cli.log_format);
+    // Before the runtime: its threads inherit the blocked SIGTERM/SIGINT.
+    let containment = init::setup();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -38,7 +41,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(cli)) {
+    match runtime.block_on(serve(cli, containment)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "python-sandbox-agent failed");
@@ -59,7 +62,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn serve(cli: Cli) -> anyhow::Result<()> {
+async fn serve(cli: Cli, containment: Containment) -> anyhow::Result<()> {
     let bearer_token = cli.bearer_token()?;
     let options = cli.agent_options();
     let server_options = ServerOptions {
@@ -75,8 +78,13 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         output_limit = options.default_output_limit,
         memory_limit = ?options.worker.limits.memory_bytes,
         auth = server_options.bearer_token.is_some(),
+        pid1 = containment.pid1,
+        reaper = containment.reaper,
         "starting"
     );
+    if containment.reaper {
+        tokio::spawn(init::reaper::run());
+    }
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("could not listen on {}", cli.listen))?;
@@ -88,7 +96,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     let agent = PythonAgent::new(options);
     let server = AgentServer::new(agent.clone(), server_options);
     let health = server.health();
-    let serving = tokio::spawn(server.serve(listener, shutdown_signal()));
+    let serving = tokio::spawn(server.serve(listener, shutdown_signal(containment.shutdown)));
     if cli.startup_delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(cli.startup_delay_ms)).await;
     }
@@ -125,9 +133,25 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on the first honoured SIGTERM or SIGINT (see [`init::signals`]); with no signal thread, on any.
+async fn shutdown_signal(
+    shutdown: Option<tokio::sync::mpsc::UnboundedReceiver<init::signals::Shutdown>>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
+    if let Some(mut shutdown) = shutdown {
+        match shutdown.recv().await {
+            Some(init::signals::Shutdown { signal, sender }) => {
+                let name = if signal == libc::SIGTERM {
+                    "SIGTERM"
+                } else {
+                    "SIGINT"
+                };
+                tracing::info!(signal = name, sender, "draining");
+            }
+            None => tracing::warn!("the signal thread stopped: draining"),
+        }
+        return;
+    }
     let mut term = match signal(SignalKind::terminate()) {
         Ok(term) => term,
         Err(error) => {

@@ -1,4 +1,9 @@
 //! The agent's side of a worker: spawn it, wait for `Ready`, send cells, read events, interrupt, kill.
+//!
+//! Each worker has a watcher task that owns its [`Child`]: it notices the exit at once (not only when the pipes
+//! close, which a process the code forked can delay forever), reaps it, kills what the code left behind (the
+//! worker's process group and, in the agent binary, every stray descendant: see [`crate::init::reaper`]), and
+//! only then publishes the exit, so the death is reported with nothing of the worker still running.
 
 use std::{
     collections::VecDeque,
@@ -14,11 +19,14 @@ use std::{
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     process::{Child, ChildStdin, ChildStdout, Command},
-    sync::mpsc,
+    sync::{mpsc, watch},
+    time::Instant,
 };
+use tokio_util::sync::CancellationToken;
 
 use super::{
     child::Limits,
+    env,
     protocol::{self, ExecuteRequest, ExecuteResult, Frame, Kind, WorkerInfo},
 };
 
@@ -31,8 +39,9 @@ pub struct WorkerOptions {
     pub limits: Limits,
     /// How long the interpreter may take to come up.
     pub startup_timeout: Duration,
-    /// Environment variables removed from the worker's environment (secrets such as the bearer token).
-    pub scrub_env: Vec<String>,
+    /// Environment variables passed to the worker besides the default allowlist (see [`env`]); the worker's
+    /// environment is otherwise empty, and [`env::SECRET_ENV`] is never passed.
+    pub pass_env: Vec<String>,
 }
 
 impl Default for WorkerOptions {
@@ -51,7 +60,7 @@ impl Default for WorkerOptions {
             },
             // Interpreter start is ~20 ms warm; allow for a cold page cache on a busy node.
             startup_timeout: Duration::from_secs(30),
-            scrub_env: Vec::new(),
+            pass_env: Vec::new(),
         }
     }
 }
@@ -97,11 +106,17 @@ pub enum Event {
 ///
 /// # Guarantees
 ///
-/// Dropping a `Worker` kills its whole process group (the worker and anything it spawned) with SIGKILL.
+/// Dropping a `Worker` kills its whole process group (the worker and anything it spawned) with SIGKILL, and,
+/// once [`crate::init::reaper`] is enabled, every process the code left behind.
 #[derive(Debug)]
 pub struct Worker {
-    child: Child,
     pid: i32,
+    /// How the process ended, once its watcher has reaped it and killed what it left behind.
+    exit: watch::Receiver<Option<String>>,
+    /// Tells the watcher to kill the worker itself (`start_kill`, safe against pid reuse).
+    stop: CancellationToken,
+    /// How far the end of the worker has been seen, for a cancel-safe [`Worker::next_event`].
+    ending: Ending,
     stdin: ChildStdin,
     frames: mpsc::Receiver<Result<Frame, protocol::Error>>,
     info: WorkerInfo,
@@ -111,6 +126,23 @@ pub struct Worker {
     /// Events recovered after the worker died, delivered before [`Event::Died`].
     recovered: VecDeque<Event>,
 }
+
+/// Where [`Worker::next_event`] is in noticing the end of the worker.
+#[derive(Debug, Clone)]
+enum Ending {
+    /// Frames may come.
+    Running,
+    /// The protocol pipe closed; the process should exit by the deadline or is killed.
+    PipeClosed(Instant),
+    /// The process exited (with this description); frames it wrote may still be read until the deadline.
+    Exited(Instant, String),
+}
+
+/// How long a worker whose protocol pipe closed may take to exit before it is killed.
+const EXIT_AFTER_EOF: Duration = Duration::from_millis(500);
+/// How long frames are still read after the worker exited. Its group and strays are dead by then, so the pipe
+/// normally reaches EOF at once; this bounds the wait if something still holds it.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 
 impl Worker {
     /// Starts a worker and waits until its interpreter is up.
@@ -144,10 +176,9 @@ impl Worker {
             stdout_pipe.1.as_raw_fd(),
             stderr_pipe.1.as_raw_fd(),
         ];
-        for name in &options.scrub_env {
-            command.env_remove(name);
-        }
         command
+            .env_clear()
+            .envs(env::worker_env(std::env::vars_os(), &options.pass_env))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -173,22 +204,40 @@ impl Worker {
                 libc::setpgid(0, 0);
                 // Die with the agent, never outlive it as an orphan running user code.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // The agent blocks SIGTERM/SIGINT for its signal thread; the worker needs SIGINT (the interrupt).
+                crate::init::signals::unblock_all_in_child();
                 Ok(())
             });
         }
-        let mut child = command.spawn().map_err(Error::Spawn)?;
+        // Registered under the registry's lock, so the reaper never takes its exit status nor counts it a stray.
+        let mut child = {
+            let mut live = crate::init::reaper::live_workers();
+            let child = command.spawn().map_err(Error::Spawn)?;
+            if let Some(pid) = child.id() {
+                live.insert(pid as i32);
+            }
+            child
+        };
         // The write ends now live only in the worker (and what it spawns).
         drop((stdout_pipe.1, stderr_pipe.1));
         let pid = child.id().map(|p| p as i32).unwrap_or_default();
-        let stdin = child.stdin.take().expect("stdin is piped");
-        let stdout = child.stdout.take().expect("stdout is piped");
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(Error::Spawn(std::io::Error::other(
+                "the worker's stdin or stdout is not piped",
+            )));
+        };
         let (tx, mut frames) = mpsc::channel(64);
         tokio::spawn(read_frames(stdout, tx));
+        let (exit_tx, exit) = watch::channel(None);
+        let stop = CancellationToken::new();
+        tokio::spawn(watch_exit(child, pid, stop.clone(), exit_tx));
 
         let greeting = tokio::time::timeout(options.startup_timeout, frames.recv()).await;
         let mut worker = Self {
-            child,
             pid,
+            exit,
+            stop,
+            ending: Ending::Running,
             stdin,
             frames,
             info: WorkerInfo {
@@ -216,7 +265,7 @@ impl Worker {
             ))),
             Ok(Some(Err(error))) => Err(Error::BadGreeting(error)),
             Ok(None) => {
-                let status = worker.wait_exit().await;
+                let status = wait_exit(&mut worker.exit).await;
                 Err(Error::ExitedEarly(status))
             }
         }
@@ -237,14 +286,9 @@ impl Worker {
         if let Some(dead) = &self.dead {
             return Some(dead.clone());
         }
-        match self.child.try_wait() {
-            Ok(Some(status)) => {
-                let text = describe_exit(status);
-                self.dead = Some(text.clone());
-                Some(text)
-            }
-            _ => None,
-        }
+        let status = self.exit.borrow().clone()?;
+        self.dead = Some(status.clone());
+        Some(status)
     }
 
     /// Sends one cell to run.
@@ -258,56 +302,67 @@ impl Worker {
     }
 
     /// The next event. Cancel-safe.
+    ///
+    /// The worker's death is noticed when its process exits, even if a process it forked still holds its pipes:
+    /// then the frames already written are read for a moment, then what it left in the capture pipes, then
+    /// [`Event::Died`].
     pub async fn next_event(&mut self) -> Event {
-        if let Some(event) = self.recovered.pop_front() {
-            return event;
-        }
-        if let Some(dead) = &self.dead {
-            return Event::Died(dead.clone());
-        }
         loop {
-            match self.frames.recv().await {
-                Some(Ok(frame)) => match frame.kind {
-                    Kind::Stdout => return Event::Stdout(frame.payload),
-                    Kind::Stderr => return Event::Stderr(frame.payload),
-                    Kind::Done => match frame.json() {
-                        Ok(result) => return Event::Done(result),
-                        Err(error) => {
-                            tracing::warn!(%error, "malformed Done frame from the worker")
+            if let Some(event) = self.recovered.pop_front() {
+                return event;
+            }
+            if let Some(dead) = &self.dead {
+                return Event::Died(dead.clone());
+            }
+            match self.ending.clone() {
+                Ending::Running => tokio::select! {
+                    biased;
+                    frame = self.frames.recv() => match frame {
+                        Some(Ok(frame)) => {
+                            if let Some(event) = frame_event(frame) {
+                                return event;
+                            }
+                        }
+                        // A broken pipe or a closed one: the worker is gone or unusable.
+                        Some(Err(_)) | None => {
+                            self.ending = Ending::PipeClosed(Instant::now() + EXIT_AFTER_EOF);
                         }
                     },
-                    other => tracing::debug!(kind = ?other, "ignoring a frame from the worker"),
+                    status = wait_exit(&mut self.exit) => {
+                        self.ending = Ending::Exited(Instant::now() + DRAIN_AFTER_EXIT, status);
+                    }
                 },
-                // A broken pipe or a closed one: the worker is gone or unusable.
-                Some(Err(_)) | None => {
-                    let status = self.wait_exit().await;
-                    self.recover_output();
-                    self.recovered.push_back(Event::Died(status));
-                    return self.recovered.pop_front().expect("just pushed");
+                Ending::PipeClosed(deadline) => {
+                    // The pipe closed; the process may still be running (it closed fd 1 of the protocol?): make sure.
+                    let status =
+                        match tokio::time::timeout_at(deadline, wait_exit(&mut self.exit)).await {
+                            Ok(status) => status,
+                            Err(_) => {
+                                self.kill_group();
+                                wait_exit(&mut self.exit).await
+                            }
+                        };
+                    self.finish(status);
+                }
+                Ending::Exited(deadline, status) => {
+                    match tokio::time::timeout_at(deadline, self.frames.recv()).await {
+                        Ok(Some(Ok(frame))) => {
+                            if let Some(event) = frame_event(frame) {
+                                return event;
+                            }
+                        }
+                        _ => self.finish(status),
+                    }
                 }
             }
         }
     }
 
-    async fn wait_exit(&mut self) -> String {
-        if let Some(dead) = &self.dead {
-            return dead.clone();
-        }
-        // The pipe closed; the process may still be running (it closed fd 1 of the protocol?): make sure.
-        let status = match tokio::time::timeout(Duration::from_millis(500), self.child.wait()).await
-        {
-            Ok(Ok(status)) => describe_exit(status),
-            _ => {
-                self.kill_group();
-                match self.child.wait().await {
-                    Ok(status) => describe_exit(status),
-                    Err(error) => format!("unknown exit ({error})"),
-                }
-            }
-        };
-        self.kill_group();
+    /// The worker is dead and reaped: queue what it left in the capture pipes, then [`Event::Died`].
+    fn finish(&mut self, status: String) {
         self.dead = Some(status.clone());
-        status
+        self.recover_output();
+        self.recovered.push_back(Event::Died(status));
     }
 
     /// Asks the running cell to stop: SIGINT to the worker's main thread, which raises `KeyboardInterrupt` in
@@ -322,10 +377,7 @@ impl Worker {
     /// Kills the worker and everything in its process group, and reaps it.
     pub async fn kill(&mut self) -> String {
         self.kill_group();
-        let status = match self.child.wait().await {
-            Ok(status) => describe_exit(status),
-            Err(error) => format!("unknown exit ({error})"),
-        };
+        let status = wait_exit(&mut self.exit).await;
         self.dead.get_or_insert(status).clone()
     }
 
@@ -353,13 +405,13 @@ impl Worker {
     }
 
     fn kill_group(&mut self) {
-        if self.pid > 0 {
-            // SAFETY: signalling our own child's process group.
-            unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        // Once the watcher published the exit it has killed the group itself; the id may be free for reuse.
+        if self.exit.borrow().is_none() {
+            kill_process_group(self.pid);
         }
         // And the worker itself: the code may have moved it out of its group (`os.setpgid`), and a worker that
-        // survives here hangs `wait` forever. (`start_kill` does nothing once the child has been reaped.)
-        let _ = self.child.start_kill();
+        // survives here hangs `wait` forever. The watcher's `start_kill` does nothing once the child is reaped.
+        self.stop.cancel();
     }
 }
 
@@ -367,6 +419,68 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.kill_group();
     }
+}
+
+/// SIGKILL to the process group `pgid` (a worker's: its pid).
+fn kill_process_group(pgid: i32) {
+    if pgid > 0 {
+        // SAFETY: signalling a worker's process group.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
+}
+
+/// The event a frame from the worker stands for, if any.
+fn frame_event(frame: Frame) -> Option<Event> {
+    match frame.kind {
+        Kind::Stdout => Some(Event::Stdout(frame.payload)),
+        Kind::Stderr => Some(Event::Stderr(frame.payload)),
+        Kind::Done => match frame.json() {
+            Ok(result) => Some(Event::Done(result)),
+            Err(error) => {
+                tracing::warn!(%error, "malformed Done frame from the worker");
+                None
+            }
+        },
+        other => {
+            tracing::debug!(kind = ?other, "ignoring a frame from the worker");
+            None
+        }
+    }
+}
+
+/// How the worker ended, once its watcher published it. Cancel-safe.
+async fn wait_exit(exit: &mut watch::Receiver<Option<String>>) -> String {
+    match exit.wait_for(Option::is_some).await {
+        Ok(status) => status.clone().unwrap_or_default(),
+        Err(_) => "unknown exit (its watcher stopped)".to_owned(),
+    }
+}
+
+/// Owns the worker's [`Child`]: waits for it to exit (or kills it when `stop` is cancelled), unregisters it, kills
+/// what it left behind, then publishes how it ended.
+async fn watch_exit(
+    mut child: Child,
+    pid: i32,
+    stop: CancellationToken,
+    exit: watch::Sender<Option<String>>,
+) {
+    let status = tokio::select! {
+        status = child.wait() => status,
+        () = stop.cancelled() => {
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    };
+    let status = match status {
+        Ok(status) => describe_exit(status),
+        Err(error) => format!("unknown exit ({error})"),
+    };
+    crate::init::reaper::live_workers().remove(pid);
+    // A copy of the worker forked behind the audit hook, or a subprocess still in its group: it may hold the
+    // worker's pipes, and must not run on unsupervised.
+    kill_process_group(pid);
+    crate::init::reaper::kill_strays().await;
+    let _ = exit.send(Some(status));
 }
 
 /// A close-on-exec pipe: (read end, write end). The read end is made non-blocking.
