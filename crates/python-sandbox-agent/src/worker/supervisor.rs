@@ -39,7 +39,7 @@ pub struct WorkerOptions {
     pub limits: Limits,
     /// How long the interpreter may take to come up.
     pub startup_timeout: Duration,
-    /// Environment variables passed to the worker besides the default allowlist (see [`env`]); the worker's
+    /// Environment variables passed to the worker besides the default allowlist (see [`env`](mod@env)); the worker's
     /// environment is otherwise empty, and [`env::SECRET_ENV`] is never passed.
     pub pass_env: Vec<String>,
 }
