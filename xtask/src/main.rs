@@ -37,7 +37,7 @@ enum Task {
     Crds(crds::Crds),
     /// Speed and memory figures, measured side by side (release build).
     Bench(bench::Bench),
-    /// Build the reference agent's container image without a daemon or a base image (OCI layout + docker-archive).
+    /// Build the reference agent's image from Debian packages (reproducible OCI layout + docker-archive) and docker-load it.
     Image(image::Image),
     /// Run the whole pipeline on a real kind cluster (needs kind, docker or podman, kubectl).
     E2e(e2e::E2e),
