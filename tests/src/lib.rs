@@ -7,6 +7,10 @@
 //!   port ([`axp_transport::DEFAULT_PORT`]), so
 //!   the backend connects to a "pod IP" and a fixed port exactly as in a
 //!   cluster.
+//! - [`docker::DockerRuntime`] is the other pod runtime: each Sandbox is a
+//!   container of the reference agent's image in the local Docker Engine, on a
+//!   network of its own, started as the Sandbox's pod template says.
+//!   [`Pipeline`] picks one by [`RuntimeKind::from_env`] (`PIPELINE_RUNTIME`).
 //! - [`agent_binary`] finds the agent binary that `cargo xtask test` (or the
 //!   demo) built.
 //!
@@ -28,6 +32,9 @@ use agent_sandbox_backend::testing::next_loopback_ip;
 use axp_transport::{AxpClient, ClientOptions, DEFAULT_PORT, client::WaitOptions};
 use futures::future::BoxFuture;
 use python_sandbox_agent::LocalAgent;
+
+pub mod calls;
+pub mod docker;
 use sandbox_claim::testing::{PodRequest, PodRuntime, PodRuntimeError, PodStarted};
 
 /// The reference agent binary: `$PYTHON_SANDBOX_AGENT_BIN`, else beside the
@@ -105,6 +112,20 @@ impl LocalAgentRuntime {
             .iter()
             .map(|((_, pod), agent)| (pod.clone(), agent.pid()))
             .collect()
+    }
+
+    /// Kills every agent process this runtime started.
+    pub async fn stop_all(&self) {
+        let agents: Vec<LocalAgent> = self
+            .pods
+            .lock()
+            .expect("pod map poisoned")
+            .drain()
+            .map(|(_, agent)| agent)
+            .collect();
+        for mut agent in agents {
+            let _ = agent.child().kill().await;
+        }
     }
 
     /// Kills a pod's process as a crash would (SIGKILL), leaving the Sandbox
@@ -219,8 +240,8 @@ pub const TEMPLATE: &str = "python-sandbox-template";
 pub struct Pipeline {
     /// The fake cluster (API server, simulated controller).
     pub cluster: sandbox_claim::testing::FakeCluster,
-    /// The agent processes.
-    pub runtime: std::sync::Arc<LocalAgentRuntime>,
+    /// The pods: agent processes or containers.
+    pub runtime: Pods,
 }
 
 impl Pipeline {
@@ -247,31 +268,41 @@ impl Pipeline {
         options: sandbox_claim::testing::FakeClusterOptions,
         replicas: i32,
     ) -> anyhow::Result<Self> {
-        let binary = agent_binary();
-        anyhow::ensure!(
-            binary.exists(),
-            "the reference agent is not built at {} (`cargo xtask test` and `cargo xtask demo` build it)",
-            binary.display()
-        );
-        let runtime =
-            std::sync::Arc::new(LocalAgentRuntime::with_binary(binary, Vec::<String>::new()));
+        Self::start_on(RuntimeKind::from_env()?, options, replicas).await
+    }
+
+    /// Like [`Pipeline::start_with`] on the runtime `kind`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipeline::start`]; for Docker also when no engine is reachable or
+    /// the image is missing.
+    pub async fn start_on(
+        kind: RuntimeKind,
+        options: sandbox_claim::testing::FakeClusterOptions,
+        replicas: i32,
+    ) -> anyhow::Result<Self> {
+        let runtime = Pods::start(kind).await?;
         let options = options
             .namespace(NAMESPACE)
-            .runtime(runtime.clone())
+            .runtime(runtime.as_pod_runtime())
             // The runtime reports a pod only once its agent is SERVING.
             .ready_mode(sandbox_claim::testing::ReadyMode::After(Duration::ZERO));
         let cluster = sandbox_claim::testing::FakeCluster::start(options).await?;
-        cluster.create_template(TEMPLATE, None).await?;
+        cluster
+            .create_template(TEMPLATE, Some(deployed_pod_spec()?))
+            .await?;
         cluster
             .create_warm_pool(WARM_POOL, TEMPLATE, replicas)
             .await?;
         let pipeline = Self { cluster, runtime };
+        let fill = Duration::from_secs(120);
         pipeline
-            .wait_until(Duration::from_secs(60), |p| {
+            .wait_until(fill, |p| {
                 p.runtime.running() >= usize::try_from(replicas).unwrap_or(0)
             })
             .await
-            .map_err(|()| anyhow::anyhow!("the warm pool did not fill within 60 s"))?;
+            .map_err(|()| anyhow::anyhow!("the warm pool did not fill within {fill:?}"))?;
         Ok(pipeline)
     }
 
@@ -338,5 +369,155 @@ impl Pipeline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
+    }
+}
+
+/// The pod spec of `deploy/base/sandbox-template.yaml`, the template the
+/// pipeline's cluster serves (so a change to `deploy/` shows up in the tests).
+///
+/// # Errors
+///
+/// When the manifest does not parse or has no `spec.podTemplate.spec`.
+pub fn deployed_pod_spec() -> anyhow::Result<serde_json::Value> {
+    let manifest: serde_json::Value = serde_saphyr::from_str(DEPLOYED_TEMPLATE)
+        .map_err(|e| anyhow::anyhow!("deploy/base/sandbox-template.yaml: {e}"))?;
+    manifest
+        .pointer("/spec/podTemplate/spec")
+        .cloned()
+        .ok_or_else(|| {
+            anyhow::anyhow!("deploy/base/sandbox-template.yaml has no spec.podTemplate.spec")
+        })
+}
+
+/// `deploy/base/sandbox-template.yaml`, compiled in.
+const DEPLOYED_TEMPLATE: &str = include_str!("../../deploy/base/sandbox-template.yaml");
+
+/// The variable that chooses the pipeline's pod runtime: `local` (the default) or `docker`.
+pub const RUNTIME_ENV: &str = "PIPELINE_RUNTIME";
+/// The variable naming the image the Docker runtime runs instead of the template's.
+pub const IMAGE_ENV: &str = "PYTHON_SANDBOX_AGENT_IMAGE";
+
+/// Which pod runtime a [`Pipeline`] runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// Agent processes on loopback addresses.
+    Local,
+    /// Containers of the agent's image in the local Docker Engine.
+    Docker,
+}
+
+impl RuntimeKind {
+    /// From [`RUNTIME_ENV`]; `local` when unset.
+    ///
+    /// # Errors
+    ///
+    /// When the variable holds anything else.
+    pub fn from_env() -> anyhow::Result<Self> {
+        match std::env::var(RUNTIME_ENV).ok().as_deref() {
+            None | Some("" | "local") => Ok(Self::Local),
+            Some("docker") => Ok(Self::Docker),
+            Some(other) => anyhow::bail!("{RUNTIME_ENV}={other:?}: expected `local` or `docker`"),
+        }
+    }
+}
+
+/// The pods of a [`Pipeline`].
+#[derive(Debug, Clone)]
+pub enum Pods {
+    /// Agent processes.
+    Local(std::sync::Arc<LocalAgentRuntime>),
+    /// Agent containers.
+    Docker(std::sync::Arc<docker::DockerRuntime>),
+}
+
+impl Pods {
+    /// Starts a runtime of `kind` (for Docker: the image from [`IMAGE_ENV`],
+    /// else the template's).
+    ///
+    /// # Errors
+    ///
+    /// When the agent binary is missing, or no Docker Engine or image is there.
+    pub async fn start(kind: RuntimeKind) -> anyhow::Result<Self> {
+        match kind {
+            RuntimeKind::Local => {
+                let binary = agent_binary();
+                anyhow::ensure!(
+                    binary.exists(),
+                    "the reference agent is not built at {} (`cargo xtask test` and `cargo xtask demo` build it)",
+                    binary.display()
+                );
+                Ok(Self::Local(std::sync::Arc::new(
+                    LocalAgentRuntime::with_binary(binary, Vec::<String>::new()),
+                )))
+            }
+            RuntimeKind::Docker => {
+                // The deployed template's image unless a local tag is named, checked up front
+                // so a missing image is one clear error, not a pool that never fills.
+                let image = match std::env::var(IMAGE_ENV).ok().filter(|i| !i.is_empty()) {
+                    Some(image) => image,
+                    None => {
+                        docker::translate::ContainerSpec::from_pod_template(
+                            &serde_json::json!({ "spec": deployed_pod_spec()? }),
+                        )?
+                        .image
+                    }
+                };
+                let options = docker::DockerRuntimeOptions {
+                    image: Some(image),
+                    ..docker::DockerRuntimeOptions::default()
+                };
+                Ok(Self::Docker(std::sync::Arc::new(
+                    docker::DockerRuntime::connect(options).await?,
+                )))
+            }
+        }
+    }
+
+    /// Which runtime this is.
+    pub fn kind(&self) -> RuntimeKind {
+        match self {
+            Self::Local(_) => RuntimeKind::Local,
+            Self::Docker(_) => RuntimeKind::Docker,
+        }
+    }
+
+    /// The runtime, for the simulated controller.
+    pub fn as_pod_runtime(&self) -> std::sync::Arc<dyn PodRuntime> {
+        match self {
+            Self::Local(runtime) => runtime.clone(),
+            Self::Docker(runtime) => runtime.clone(),
+        }
+    }
+
+    /// Pods running now.
+    pub fn running(&self) -> usize {
+        match self {
+            Self::Local(runtime) => runtime.running(),
+            Self::Docker(runtime) => runtime.running(),
+        }
+    }
+
+    /// Pods started so far.
+    pub fn started(&self) -> u32 {
+        match self {
+            Self::Local(runtime) => runtime.started(),
+            Self::Docker(runtime) => runtime.started(),
+        }
+    }
+
+    /// Kills a pod as a crash would, leaving its Sandbox; whether it ran.
+    pub async fn crash(&self, pod_name: &str) -> bool {
+        match self {
+            Self::Local(runtime) => runtime.crash(pod_name).await,
+            Self::Docker(runtime) => runtime.crash(pod_name).await,
+        }
+    }
+
+    /// Stops every pod (for Docker: removes its containers and network).
+    pub async fn shutdown(&self) {
+        match self {
+            Self::Local(runtime) => runtime.stop_all().await,
+            Self::Docker(runtime) => runtime.shutdown().await,
+        }
     }
 }

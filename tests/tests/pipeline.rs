@@ -1,47 +1,22 @@
-//! The whole pipeline: fake cluster, real `python-sandbox-agent` processes at
-//! their own "pod IPs", the agent-sandbox backend, AXP over TCP.
+//! The whole pipeline: fake cluster, real `python-sandbox-agent` pods at their
+//! own pod IPs, the agent-sandbox backend, AXP over TCP.
 //!
-//! Needs the agent binary: `cargo xtask test` builds it first.
+//! The pods are local agent processes, or with `PIPELINE_RUNTIME=docker`
+//! containers of the agent's image (`cargo xtask test` runs this suite both
+//! ways, and builds the binary and the image first).
 
 use std::time::Duration;
 
-use agent_sandbox_backend::{AgentSandboxAgent, ExecutionReport, SandboxAgentError};
+use agent_sandbox_backend::{AgentSandboxAgent, SandboxAgentError};
 use axp_transport::{
     content,
     pb::{AgentStart, Message},
 };
-use pipeline::Pipeline;
+use pipeline::{
+    Pipeline,
+    calls::{legacy_call, planner_call, run},
+};
 use sandbox_claim::testing::{FakeClusterOptions, Fault, Verb};
-
-/// A planner dispatch: structured prompt plus the legacy envelope, as AX sends both.
-fn planner_call(prompt: &str) -> AgentStart {
-    AgentStart {
-        agent_id: "py".into(),
-        ..content::planner_start(prompt, "user: earlier turn")
-    }
-}
-
-/// An older controller's dispatch: only the legacy envelope.
-fn legacy_call(prompt: &str) -> AgentStart {
-    AgentStart {
-        agent_id: "py".into(),
-        messages: vec![content::user_text(content::planner_envelope("", prompt))],
-        ..AgentStart::default()
-    }
-}
-
-async fn run(
-    agent: &AgentSandboxAgent,
-    conversation: &str,
-    exec: &str,
-    start: AgentStart,
-) -> Result<(String, ExecutionReport), SandboxAgentError> {
-    let mut seen: Vec<Message> = Vec::new();
-    let report = agent
-        .connect(conversation, exec, start, |batch| seen.extend(batch))
-        .await?;
-    Ok((content::planner_view(&seen), report))
-}
 
 #[tokio::test]
 async fn a_planner_sub_agent_call_runs_the_structured_prompt_and_the_legacy_envelope() {
