@@ -328,7 +328,8 @@ container_test!(
         let before = processes(&agent).await;
         assert!(
             before.iter().any(|p| p[0] == pid),
-            "the detached grandchild {pid} runs before the restart: {before:?}"
+            "the detached grandchild {pid} runs before the restart: {}",
+            listing(&before)
         );
 
         let killed = agent.turn(UNINTERRUPTIBLE, ONE_SECOND).await;
@@ -343,7 +344,8 @@ container_test!(
         }
         assert!(
             !after.iter().any(|p| p[0] == pid),
-            "the detached grandchild {pid} survived the worker restart (state Z = unreaped): {after:?}"
+            "the detached grandchild {pid} survived the worker restart (state Z: not reaped): {}",
+            listing(&after)
         );
         for process in &after {
             let is_agent = process[0] == 1;
@@ -353,11 +355,20 @@ container_test!(
                     .is_some_and(|argv| argv.iter().any(|a| a == "worker"));
             assert!(
                 is_agent || is_worker,
-                "only the agent (pid 1) and its workers remain, not {process}: {after:?}"
+                "only the agent (pid 1) and its workers remain, not {process}: {}",
+                listing(&after)
             );
         }
     }
 );
+
+/// `[pid, ppid, state, argv]` rows, one line each.
+fn listing(processes: &[Value]) -> String {
+    processes
+        .iter()
+        .map(|p| format!("\n  {p}"))
+        .collect::<String>()
+}
 
 async fn processes(agent: &Agent) -> Vec<Value> {
     let turn = agent.turn(PROCESSES, "").await;
