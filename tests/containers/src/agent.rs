@@ -204,7 +204,7 @@ impl Agent {
     /// Asserts that a new turn runs.
     pub async fn assert_serves(&self, after: &str) {
         let turn = self.turn("print(6 * 7)", "").await;
-        assert_eq!(turn.text(), "42", "after {after}, a new call: {turn:?}");
+        assert_eq!(turn.text(), "42", "after {after}, a new call: {turn}");
     }
 }
 
@@ -262,6 +262,19 @@ impl Turn {
     /// Whether a boolean field of the structured result is true.
     pub fn flag(&self, name: &str) -> bool {
         self.field(name) == Value::Bool(true)
+    }
+}
+
+/// What a failure message shows of a turn: its text and its structured result.
+impl std::fmt::Display for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "text {:?}, ended {}, result {}",
+            self.text(),
+            self.ended,
+            self.result()
+        )
     }
 }
 

@@ -26,6 +26,7 @@ pub mod template;
 use std::{
     future::Future,
     io::Write as _,
+    panic::AssertUnwindSafe,
     sync::{LazyLock, OnceLock},
     time::{Duration, Instant},
 };
@@ -141,7 +142,7 @@ fn say(line: &str) {
 pub fn run_for_each_image<F, Fut>(name: &'static str, test: F)
 where
     F: Fn(String) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = ()>,
 {
     let setup = match setup() {
         Ok(Some(setup)) => setup,
@@ -151,30 +152,22 @@ where
     for image in &setup.images {
         let started = Instant::now();
         let body = test(image.clone());
-        let task = RUNTIME.spawn(async move {
-            tokio::time::timeout(TEST_LIMIT, body)
-                .await
-                .map_err(|_| format!("did not finish within {TEST_LIMIT:?}"))
-        });
-        match RUNTIME.block_on(task) {
-            Ok(Ok(())) => say(&format!(
-                "{name} [{image}]: ok in {:.1}s",
-                started.elapsed().as_secs_f64()
-            )),
-            Ok(Err(message)) => panic!("[{image}] {message}"),
-            Err(error) if error.is_panic() => {
-                let payload = error.into_panic();
+        // On this thread (so that libtest captures what a failure prints), on the shared runtime.
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            RUNTIME.block_on(async { tokio::time::timeout(TEST_LIMIT, body).await })
+        }));
+        let took = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(Ok(())) => say(&format!("{name} [{image}]: ok in {took:.1}s")),
+            Ok(Err(_)) => panic!("[{image}] did not finish within {TEST_LIMIT:?}"),
+            Err(payload) => {
                 let message = payload
                     .downcast_ref::<String>()
                     .map(String::as_str)
                     .or_else(|| payload.downcast_ref::<&str>().copied())
                     .unwrap_or("(non-string panic)");
-                panic!(
-                    "[{image}] after {:.1}s: {message}",
-                    started.elapsed().as_secs_f64()
-                );
+                panic!("[{image}] failed after {took:.1}s: {message}");
             }
-            Err(error) => panic!("[{image}] the test task ended: {error}"),
         }
     }
 }

@@ -111,11 +111,11 @@ container_test!(
         let first = agent
             .turn("answer = 6 * 7\nprint('set')", "")
             .await;
-        assert_eq!(first.text(), "set", "{first:?}");
+        assert_eq!(first.text(), "set", "{first}");
         assert!(first.ended, "the call ends with `end`");
         let fenced = "Compute it:\n```python\nprint(answer, len('state'))\n```";
         let second = agent.turn(fenced, "").await;
-        assert_eq!(second.text(), "42 5", "{second:?}");
+        assert_eq!(second.text(), "42 5", "{second}");
     }
 );
 
@@ -126,7 +126,7 @@ container_test!(
 
         let started = Instant::now();
         let busy = agent.turn("while True:\n    pass", ONE_SECOND).await;
-        assert!(busy.flag("timed_out"), "{:?}", busy.result());
+        assert!(busy.flag("timed_out"), "{busy}");
         assert!(busy.text().contains("timeout"), "{}", busy.text());
         assert!(
             started.elapsed() < Duration::from_secs(10),
@@ -139,8 +139,7 @@ container_test!(
         let killed = agent.turn(UNINTERRUPTIBLE, ONE_SECOND).await;
         assert!(
             killed.flag("timed_out") && killed.flag("state_lost"),
-            "{:?}",
-            killed.result()
+            "{killed}"
         );
         assert!(
             killed.text().contains("earlier executions are lost"),
@@ -161,8 +160,7 @@ container_test!(
         assert_eq!(
             huge.field("error_type"),
             "MemoryError",
-            "one 2 GiB allocation: {}",
-            huge.text()
+            "one 2 GiB allocation: {huge}"
         );
         // Touched memory: the pages count against the container's cgroup, not just its address space.
         let growing = "chunks = []\nwhile True:\n    chunks.append(b'x' * (16 * 1024 * 1024))";
@@ -170,9 +168,7 @@ container_test!(
         assert_eq!(
             bomb.field("error_type"),
             "MemoryError",
-            "a growing list of written 16 MiB chunks: {} {:?}",
-            bomb.text(),
-            bomb.result()
+            "a growing list of written 16 MiB chunks: {bomb}"
         );
         assert!(bomb.text().contains("MemoryError"), "{}", bomb.text());
         agent.assert_running("a memory bomb").await;
@@ -233,7 +229,7 @@ container_test!(
         let agent = Agent::start(&image, "pid-1", Options::default()).await;
         let code = "import os\nexe = open('/proc/1/cmdline', 'rb').read().split(b'\\0')[0].decode()\nprint(os.getppid(), exe.rsplit('/', 1)[-1])";
         let turn = agent.turn(code, "").await;
-        assert_eq!(turn.text(), "1 python-sandbox-agent", "{turn:?}");
+        assert_eq!(turn.text(), "1 python-sandbox-agent", "{turn}");
     }
 );
 
@@ -324,7 +320,7 @@ container_test!(
             .text()
             .trim()
             .parse()
-            .unwrap_or_else(|_| panic!("the grandchild's pid: {spawned:?}"));
+            .unwrap_or_else(|_| panic!("the grandchild's pid: {spawned}"));
         let before = processes(&agent).await;
         assert!(
             before.iter().any(|p| p[0] == pid),
@@ -333,7 +329,7 @@ container_test!(
         );
 
         let killed = agent.turn(UNINTERRUPTIBLE, ONE_SECOND).await;
-        assert!(killed.flag("state_lost"), "the worker was replaced: {:?}", killed.result());
+        assert!(killed.flag("state_lost"), "the worker was replaced: {killed}");
 
         // Whatever cleans up may take a moment: poll for up to 5 s.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -373,7 +369,7 @@ fn listing(processes: &[Value]) -> String {
 async fn processes(agent: &Agent) -> Vec<Value> {
     let turn = agent.turn(PROCESSES, "").await;
     serde_json::from_str::<Vec<Value>>(&turn.text())
-        .unwrap_or_else(|e| panic!("the process list: {e}: {turn:?}"))
+        .unwrap_or_else(|e| panic!("the process list: {e}: {turn}"))
 }
 
 container_test!(
@@ -388,7 +384,7 @@ container_test!(
             "import os\ntry:\n    open('/proc/1/environ', 'rb').read()\n    print('readable')\nexcept PermissionError:\n    print('PermissionError')\nprint('AXP_TOKEN' in os.environ, any({token:?} in v for v in os.environ.values()))"
         );
         let turn = agent.turn(&code, "").await;
-        assert_eq!(turn.text(), "PermissionError\nFalse False", "{turn:?}");
+        assert_eq!(turn.text(), "PermissionError\nFalse False", "{turn}");
 
         let anonymous = axp_transport::client::AxpClient::new(agent.url(), Default::default())
             .expect("a client without a token");
