@@ -2,7 +2,10 @@
 
 use std::{
     collections::HashMap,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -16,7 +19,7 @@ use serde_json::Value;
 use testcontainers::{
     ContainerAsync, GenericImage, ImageExt as _,
     bollard::models::ContainerState,
-    core::{IntoContainerPort as _, WaitFor},
+    core::{IntoContainerPort as _, WaitFor, logs::LogFrame},
     runners::AsyncRunner as _,
 };
 
@@ -51,6 +54,20 @@ pub struct Agent {
     pub spec: RunSpec,
     /// The image reference.
     pub image: String,
+    logs: Logs,
+}
+
+/// The container's stdout and stderr as they come, the last [`LOG_KEPT`] bytes.
+type Logs = Arc<Mutex<Vec<u8>>>;
+
+/// How much of the container's output a failure message shows, at most.
+const LOG_KEPT: usize = 4096;
+
+fn tail(logs: &Logs) -> String {
+    let logs = logs
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    String::from_utf8_lossy(&logs).into_owned()
 }
 
 static EXEC_IDS: AtomicU64 = AtomicU64::new(0);
@@ -90,6 +107,16 @@ impl Agent {
         for (key, value) in &options.env {
             request = request.with_env_var(key.clone(), value.clone());
         }
+        let logs = Logs::default();
+        let sink = logs.clone();
+        request = request.with_log_consumer(move |frame: &LogFrame| {
+            let mut kept = sink
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            kept.extend_from_slice(frame.bytes());
+            let excess = kept.len().saturating_sub(LOG_KEPT);
+            kept.drain(..excess);
+        });
         let (memory, nano_cpus) = (spec.memory_bytes, spec.nano_cpus);
         let tmpfs: HashMap<String, String> = spec
             .scratch
@@ -109,7 +136,7 @@ impl Agent {
         let container = request
             .start()
             .await
-            .unwrap_or_else(|e| panic!("starting {image}: {e}"));
+            .unwrap_or_else(|e| panic!("starting {image}: {e}; its output:\n{}", tail(&logs)));
         let port = container
             .get_host_port_ipv4(spec.port.tcp())
             .await
@@ -128,13 +155,24 @@ impl Agent {
                 ..WaitOptions::default()
             })
             .await
-            .unwrap_or_else(|e| panic!("{image} did not report SERVING: {e}"));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{image} did not report SERVING: {e}; its output:\n{}",
+                    tail(&logs)
+                )
+            });
         Self {
             container,
             client,
             spec,
             image: image.to_owned(),
+            logs,
         }
+    }
+
+    /// The container's latest output (stdout and stderr, the last few KiB).
+    pub fn logs(&self) -> String {
+        tail(&self.logs)
     }
 
     /// The agent's URL on the host.
@@ -192,7 +230,8 @@ impl Agent {
         assert_eq!(
             state.running,
             Some(true),
-            "after {after}, the container is not running: {state:?}"
+            "after {after}, the container is not running: {state:?}; its output:\n{}",
+            self.logs()
         );
         assert_ne!(
             state.oom_killed,
