@@ -133,8 +133,8 @@ fn say(line: &str) {
 }
 
 /// Runs `test` against every image under test, each bounded by [`TEST_LIMIT`], on the shared
-/// runtime. A failure names the image. Returns without running anything when the tests are
-/// skipped.
+/// runtime; every image runs even when one fails, and each failure names its image. Returns
+/// without running anything when the tests are skipped.
 ///
 /// # Panics
 ///
@@ -149,6 +149,7 @@ where
         Ok(None) => return,
         Err(message) => panic!("{message}"),
     };
+    let mut failures = Vec::new();
     for image in &setup.images {
         let started = Instant::now();
         let body = test(image.clone());
@@ -159,17 +160,18 @@ where
         let took = started.elapsed().as_secs_f64();
         match outcome {
             Ok(Ok(())) => say(&format!("{name} [{image}]: ok in {took:.1}s")),
-            Ok(Err(_)) => panic!("[{image}] did not finish within {TEST_LIMIT:?}"),
+            Ok(Err(_)) => failures.push(format!("[{image}] did not finish within {TEST_LIMIT:?}")),
             Err(payload) => {
                 let message = payload
                     .downcast_ref::<String>()
                     .map(String::as_str)
                     .or_else(|| payload.downcast_ref::<&str>().copied())
                     .unwrap_or("(non-string panic)");
-                panic!("[{image}] failed after {took:.1}s: {message}");
+                failures.push(format!("[{image}] failed after {took:.1}s: {message}"));
             }
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// One test per function: `container_test!(fn a_sentence_naming_the_behaviour(image) { … })`
