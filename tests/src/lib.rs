@@ -282,7 +282,20 @@ impl Pipeline {
         options: sandbox_claim::testing::FakeClusterOptions,
         replicas: i32,
     ) -> anyhow::Result<Self> {
-        let runtime = Pods::start(kind).await?;
+        Self::start_with_pods(Pods::start(kind).await?, options, replicas).await
+    }
+
+    /// Like [`Pipeline::start_on`] with pods already started, so that a caller that
+    /// may abandon the start (Ctrl-C) keeps a handle to shut them down.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipeline::start`].
+    pub async fn start_with_pods(
+        runtime: Pods,
+        options: sandbox_claim::testing::FakeClusterOptions,
+        replicas: i32,
+    ) -> anyhow::Result<Self> {
         let options = options
             .namespace(NAMESPACE)
             .runtime(runtime.as_pod_runtime())

@@ -259,3 +259,85 @@ async fn engine_or_skip() -> Option<Docker> {
         Err(error) => panic!("CI has a Docker Engine, but it is not reachable: {error}"),
     }
 }
+
+/// Containers and networks whose owner is process `pid`.
+async fn owned_by(docker: &Docker, pid: u32) -> (usize, usize) {
+    let filters = HashMap::from([("label", vec![format!("{OWNER_PID_LABEL}={pid}")])]);
+    let containers = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    let networks = docker
+        .list_networks(Some(
+            bollard::query_parameters::ListNetworksOptionsBuilder::new()
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    (containers.len(), networks.len())
+}
+
+#[tokio::test]
+async fn the_demo_on_docker_leaves_no_container_behind_when_it_ends_or_is_interrupted() {
+    let Some(docker) = engine_or_skip().await else {
+        return;
+    };
+    let demo = || {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_demo"));
+        command
+            .args(["--runtime", "docker"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command
+    };
+
+    let whole = demo().spawn().unwrap();
+    let whole_pid = whole.id().unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(180), whole.wait_with_output())
+        .await
+        .expect("the demo ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&finished.stdout);
+    assert!(finished.status.success(), "{stdout}");
+    assert!(stdout.contains("total from turn one: 440"), "{stdout}");
+    assert_eq!(
+        owned_by(&docker, whole_pid).await,
+        (0, 0),
+        "containers, networks left"
+    );
+
+    // Interrupted while its warm pool starts, as Ctrl-C would.
+    let mut interrupted = demo().spawn().unwrap();
+    let pid = interrupted.id().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        interrupted.stdout.take().unwrap(),
+    ));
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.contains("starting a fake cluster") {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), interrupted.wait())
+        .await
+        .expect("the interrupted demo exits")
+        .unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(
+        owned_by(&docker, pid).await,
+        (0, 0),
+        "containers, networks left"
+    );
+}

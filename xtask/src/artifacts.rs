@@ -14,6 +14,10 @@ use sha2::Digest as _;
 
 /// The environment variable through which tests and the demo find the reference agent.
 pub const AGENT_BIN_ENV: &str = "PYTHON_SANDBOX_AGENT_BIN";
+/// The variable the Docker pod runtime (tests and demo) reads: the image its sandboxes run.
+pub const AGENT_IMAGE_ENV: &str = "PYTHON_SANDBOX_AGENT_IMAGE";
+/// The variable the container tests read: the images to run, comma-separated.
+pub const CONTAINER_IMAGES_ENV: &str = "PYTHON_SANDBOX_AGENT_IMAGES";
 
 /// The reference agent's package and binary name.
 pub const AGENT_PACKAGE: &str = "python-sandbox-agent";

@@ -2,8 +2,9 @@
 //!
 //! By default everything runs on this machine: a fake Kubernetes API server
 //! with a simulated agent-sandbox controller, and a warm pool whose "pods"
-//! are real `python-sandbox-agent` processes on their own loopback addresses.
-//! With `--kubeconfig` it runs against a real cluster instead.
+//! are real `python-sandbox-agent` processes on their own loopback addresses
+//! (or, with `--runtime docker`, containers of the agent's image in the local
+//! Docker Engine). With `--kubeconfig` it runs against a real cluster instead.
 //!
 //! Run it through `cargo xtask demo`, which builds the agent first.
 
@@ -19,7 +20,7 @@ use axp_transport::{
     pb::{AgentStart, Message, content::Type},
 };
 use clap::Parser;
-use pipeline::{Pipeline, WARM_POOL};
+use pipeline::{Pipeline, RuntimeKind, WARM_POOL};
 
 #[derive(Parser)]
 #[command(about = "Run a scripted AX conversation in an agent-sandbox sandbox")]
@@ -39,6 +40,24 @@ struct Cli {
     /// Ready sandboxes kept in the embedded warm pool.
     #[arg(long, default_value_t = 2)]
     replicas: i32,
+    /// What the embedded cluster's pods are: local agent processes, or containers of the
+    /// agent's image (`PYTHON_SANDBOX_AGENT_IMAGE`, else the template's) in the local
+    /// Docker Engine.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "local",
+        conflicts_with = "kubeconfig"
+    )]
+    runtime: RuntimeKind,
+}
+
+/// What the embedded cluster's pods are called in the demo's lines.
+fn pods_word(kind: RuntimeKind) -> &'static str {
+    match kind {
+        RuntimeKind::Local => "agent processes",
+        RuntimeKind::Docker => "agent containers",
+    }
 }
 
 const TURN_ONE: &str = r#"import time
@@ -62,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     // One listener for Ctrl-C, read by each phase: while starting, `run` stops
-    // (dropping the fake cluster kills every agent process); during the
+    // (dropping the fake cluster kills every agent process or container); during the
     // conversation, it stops the conversation and still releases the claim.
     let (interrupt, interrupted) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -100,10 +119,7 @@ async fn run(cli: Cli, interrupted: tokio::sync::watch::Receiver<bool>) -> anyho
             kube::Client::try_from(config).context("building a Kubernetes client")?
         }
         None => {
-            let pipeline = tokio::select! {
-                pipeline = start_embedded(&cli, &clock) => pipeline?,
-                () = on_interrupt(interrupted.clone()) => anyhow::bail!("interrupted while starting"),
-            };
+            let pipeline = start_embedded(&cli, &clock, interrupted.clone()).await?;
             let client = pipeline.cluster.client();
             embedded = Some(pipeline);
             client
@@ -141,31 +157,56 @@ async fn run(cli: Cli, interrupted: tokio::sync::watch::Receiver<bool>) -> anyho
                 p.claims() == 0 && p.runtime.running() <= pool
             })
             .await;
+        let pods = pods_word(pipeline.runtime.kind());
         step(
             &clock,
             &format!(
-                "claims left: {}; agent processes running: {} (the warm pool's), started in all: {}",
+                "claims left: {}; {pods} running: {} (the warm pool's), started in all: {}",
                 pipeline.claims(),
                 pipeline.runtime.running(),
                 pipeline.runtime.started()
             ),
         );
+        pipeline.runtime.shutdown().await;
         drop(pipeline);
-        step(&clock, "fake cluster stopped, agent processes killed");
+        step(&clock, &format!("fake cluster stopped, {pods} removed"));
     }
     outcome
 }
 
-async fn start_embedded(cli: &Cli, clock: &Instant) -> anyhow::Result<Pipeline> {
+async fn start_embedded(
+    cli: &Cli,
+    clock: &Instant,
+    interrupted: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Pipeline> {
+    let noun = pods_word(cli.runtime);
+    let what = match cli.runtime {
+        RuntimeKind::Local => pipeline::agent_binary().display().to_string(),
+        RuntimeKind::Docker => {
+            std::env::var(pipeline::IMAGE_ENV).unwrap_or_else(|_| "the template's image".to_owned())
+        }
+    };
     step(
         clock,
         &format!(
-            "starting a fake cluster and a warm pool of {} agent processes ({})",
+            "starting a fake cluster and a warm pool of {} {noun} ({what})",
             cli.replicas,
-            pipeline::agent_binary().display()
         ),
     );
-    let pipeline = Pipeline::start(cli.replicas).await?;
+    let pods = pipeline::Pods::start(cli.runtime).await?;
+    let started = tokio::select! {
+        started = Pipeline::start_with_pods(
+            pods.clone(),
+            sandbox_claim::testing::FakeClusterOptions::default(),
+            cli.replicas,
+        ) => started,
+        () = on_interrupt(interrupted) => {
+            // The abandoned start may have left pods (or creates in flight) behind.
+            pods.shutdown().await;
+            anyhow::bail!("interrupted while starting");
+        }
+    };
+    let pipeline = started?;
     step(
         clock,
         &format!(
@@ -176,7 +217,7 @@ async fn start_embedded(cli: &Cli, clock: &Instant) -> anyhow::Result<Pipeline> 
     step(
         clock,
         &format!(
-            "warm pool {WARM_POOL} ready: {} agent processes SERVING",
+            "warm pool {WARM_POOL} ready: {} {noun} SERVING",
             pipeline.runtime.running()
         ),
     );

@@ -33,8 +33,8 @@ use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
-        Mutex,
-        atomic::{AtomicU32, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -112,6 +112,8 @@ pub struct DockerRuntime {
     /// `(namespace, pod)` → container id and address.
     pods: Mutex<HashMap<(String, String), (String, Ipv4Addr)>>,
     started: AtomicU32,
+    /// Create requests in flight, including abandoned ones still being cleaned up.
+    creating: Arc<AtomicUsize>,
 }
 
 impl DockerRuntime {
@@ -148,6 +150,7 @@ impl DockerRuntime {
             options,
             pods: Mutex::new(HashMap::new()),
             started: AtomicU32::new(0),
+            creating: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -193,8 +196,13 @@ impl DockerRuntime {
         }
     }
 
-    /// Removes every container and the network of this runtime.
+    /// Removes every container and the network of this runtime, once the create requests
+    /// in flight (those of an abandoned start included) have landed or been given up.
     pub async fn shutdown(&self) {
+        let deadline = tokio::time::Instant::now() + CANCELLED_CREATE_WINDOW;
+        while self.creating.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let containers: Vec<String> = self
             .pods
             .lock()
@@ -270,7 +278,7 @@ impl DockerRuntime {
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         // The simulated controller drops this future when the cluster shuts down; the
         // engine may still create the container, which the guard then removes.
-        let guard = CancelledCreate(Some(name.clone()));
+        let guard = CancelledCreate::new(name.clone(), self.creating.clone());
         let created = match self.docker.create_container(Some(options), body).await {
             Ok(created) => created,
             Err(error) => {
@@ -406,46 +414,68 @@ impl Drop for DockerRuntime {
 
 static NEXT_RUNTIME: AtomicU32 = AtomicU32::new(0);
 
+/// How long after an abandoned create request the engine may still create the container.
+const CANCELLED_CREATE_WINDOW: Duration = Duration::from_secs(3);
+
 /// Removes a container whose create request was dropped in flight.
 ///
 /// The engine finishes a create whose client went away; without this, a cluster that shuts
 /// down while a warm pool fills would leave a created, never-started container behind.
-struct CancelledCreate(Option<String>);
+/// Counts itself in `creating` until it is disarmed or its cleanup is over.
+struct CancelledCreate {
+    name: Option<String>,
+    creating: Arc<AtomicUsize>,
+}
 
 impl CancelledCreate {
+    fn new(name: String, creating: Arc<AtomicUsize>) -> Self {
+        creating.fetch_add(1, Ordering::SeqCst);
+        Self {
+            name: Some(name),
+            creating,
+        }
+    }
+
     fn disarm(mut self) {
-        self.0 = None;
+        self.name = None;
     }
 }
 
 impl Drop for CancelledCreate {
     fn drop(&mut self) {
-        let Some(name) = self.0.take() else { return };
+        let creating = self.creating.clone();
+        let Some(name) = self.name.take() else {
+            creating.fetch_sub(1, Ordering::SeqCst);
+            return;
+        };
         // A thread of its own: the async runtime that dropped the future may be shutting down.
         std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                let Ok(docker) = Docker::connect_with_local_defaults() else {
-                    return;
-                };
-                let Ok(docker) = docker.negotiate_version().await else {
-                    return;
-                };
-                // Until it shows up (the request landed) or long after a create would finish.
-                for _ in 0..30 {
-                    let options = RemoveContainerOptionsBuilder::new().force(true).build();
-                    if docker.remove_container(&name, Some(options)).await.is_ok() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            });
+            {
+                runtime.block_on(remove_when_created(&name));
+            }
+            creating.fetch_sub(1, Ordering::SeqCst);
         });
+    }
+}
+
+/// Removes `name` once it shows up (the request landed), or gives up after the window.
+async fn remove_when_created(name: &str) {
+    let Ok(docker) = Docker::connect_with_local_defaults() else {
+        return;
+    };
+    let Ok(docker) = docker.negotiate_version().await else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + CANCELLED_CREATE_WINDOW;
+    while tokio::time::Instant::now() < deadline {
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        if docker.remove_container(name, Some(options)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -28,7 +28,7 @@
 
 mod agent;
 mod debs;
-mod engine;
+pub mod engine;
 mod layer;
 mod oci;
 mod rootfs;
