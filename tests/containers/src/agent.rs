@@ -1,7 +1,6 @@
 //! One agent container, started as the SandboxTemplate runs it, and calls to it over AXP.
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -118,14 +117,7 @@ impl Agent {
             kept.drain(..excess);
         });
         let (memory, nano_cpus) = (spec.memory_bytes, spec.nano_cpus);
-        let tmpfs: HashMap<String, String> = spec
-            .scratch
-            .iter()
-            .map(|(path, size)| {
-                let size = size.map(|s| format!(",size={s}")).unwrap_or_default();
-                (path.clone(), format!("rw,nosuid,nodev,mode=1777{size}"))
-            })
-            .collect();
+        let tmpfs = spec.tmpfs.clone();
         let request = request.with_host_config_modifier(move |host| {
             host.memory = Some(memory);
             // No swap, as on a Kubernetes node: over the limit is an OOM kill, not paging.

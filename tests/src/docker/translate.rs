@@ -83,6 +83,8 @@ pub struct ContainerSpec {
     pub tmpfs: HashMap<String, String>,
     /// The port the readiness probe checks with `grpc.health.v1`.
     pub probe_port: u16,
+    /// `terminationGracePeriodSeconds`, when set.
+    pub grace_period_seconds: Option<i64>,
 }
 
 impl ContainerSpec {
@@ -190,6 +192,7 @@ impl ContainerSpec {
             nano_cpus,
             tmpfs: tmpfs_mounts(&spec, container)?,
             probe_port: probe_port(container),
+            grace_period_seconds: spec.termination_grace_period_seconds,
         })
     }
 }
@@ -219,7 +222,9 @@ fn tmpfs_mounts(
         };
         // Sticky and world-writable, as /tmp: the pod's user (any uid) can write, as to an
         // emptyDir owned by its fsGroup.
-        let mut options = vec!["rw".to_owned(), "mode=1777".to_owned()];
+        let mut options = ["rw", "nosuid", "nodev", "mode=1777"]
+            .map(String::from)
+            .to_vec();
         if let Some(limit) = &empty_dir.size_limit {
             let bytes = parse_quantity(&limit.0).ok_or_else(|| TranslateError::Quantity {
                 field: format!("spec.volumes[{}].emptyDir.sizeLimit", volume.name),
