@@ -1,4 +1,6 @@
-//! The agent binary, built against the base tree's libpython rather than the build machine's Python.
+//! The image's binaries (the agent, and the demo for `cargo xtask e2e`), built against the base tree's libpython
+//! rather than the build machine's Python. Both share one target directory and one pyo3 config, so the demo's
+//! build reuses every dependency the agent's compiled the same way (pyo3 first of all).
 //!
 //! pyo3 reads a `PYO3_CONFIG_FILE` written here instead of asking an interpreter. The file names no `lib_dir`:
 //! `crates/python-sandbox-agent/build.rs` calls `pyo3_build_config::add_libpython_rpath_link_args`, which turns
@@ -25,6 +27,25 @@ pub const LIBPYTHON_SONAME: &str = "libpython3.11.so.1.0";
 /// Where Debian puts shared libraries, inside the tree.
 pub const LIB_DIR: &str = "usr/lib/x86_64-linux-gnu";
 
+/// A binary of the workspace that goes into an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binary {
+    pub package: &'static str,
+    pub bin: &'static str,
+}
+
+/// The reference agent.
+pub const AGENT: Binary = Binary {
+    package: "python-sandbox-agent",
+    bin: "python-sandbox-agent",
+};
+/// The whole-pipeline demo (`tests/src/bin/demo.rs`): it links libpython because the pipeline crate depends on
+/// python-sandbox-agent (for the embedded cluster's local agents).
+pub const DEMO: Binary = Binary {
+    package: "pipeline",
+    bin: "demo",
+};
+
 /// The paths the build uses, all under `<target>/image/`.
 #[derive(Debug, Clone)]
 pub struct BuildPaths {
@@ -45,8 +66,8 @@ impl BuildPaths {
         }
     }
 
-    pub fn binary(&self) -> PathBuf {
-        self.cargo_target.join("release/python-sandbox-agent")
+    pub fn binary(&self, binary: Binary) -> PathBuf {
+        self.cargo_target.join("release").join(binary.bin)
     }
 
     fn config_file(&self) -> PathBuf {
@@ -72,8 +93,8 @@ fn write_if_changed(path: &Path, data: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prepares the pyo3 config and link directory, then `cargo build --release --locked -p python-sandbox-agent`.
-pub fn build(root: &Path, paths: &BuildPaths) -> anyhow::Result<()> {
+/// Prepares the pyo3 config and link directory, then `cargo build --release --locked -p <package> --bin <bin>`.
+pub fn build(root: &Path, paths: &BuildPaths, binary: Binary) -> anyhow::Result<()> {
     let libpython = paths.rootfs.join(LIB_DIR).join(LIBPYTHON_SONAME);
     ensure!(
         libpython.is_file(),
@@ -94,9 +115,9 @@ pub fn build(root: &Path, paths: &BuildPaths) -> anyhow::Result<()> {
         "--release",
         "--locked",
         "--package",
-        "python-sandbox-agent",
+        binary.package,
         "--bin",
-        "python-sandbox-agent"
+        binary.bin
     )
     .dir(root)
     .env("CARGO_TARGET_DIR", &paths.cargo_target)
@@ -105,9 +126,12 @@ pub fn build(root: &Path, paths: &BuildPaths) -> anyhow::Result<()> {
     .env_remove("PYO3_PYTHON")
     .env_remove("PYO3_CROSS_LIB_DIR")
     .run()
-    .context(
-        "cargo build --release -p python-sandbox-agent (against the rootfs's libpython) failed",
-    )?;
+    .with_context(|| {
+        format!(
+            "cargo build --release -p {} --bin {} (against the rootfs's libpython) failed",
+            binary.package, binary.bin
+        )
+    })?;
     Ok(())
 }
 
