@@ -14,7 +14,8 @@
 //!    `PYO3_CONFIG_FILE` naming the rootfs's libpython; `readelf` then checks that it needs
 //!    `libpython3.11.so.1.0`, finds every library and its loader in the tree, and has no RPATH/RUNPATH.
 //!    `--demo` builds `-p pipeline --bin demo` the same way, in the same target directory (so it reuses the
-//!    agent's dependencies), and checks it the same way.
+//!    agent's dependencies), and checks it the same way, except that it need not record libpython (it runs no
+//!    Python; see [`agent`]).
 //! 4. [`layer`]: two uncompressed layers, the Debian base and the agent (and a demo layer): entries sorted, mtimes
 //!    `SOURCE_DATE_EPOCH` (else 0), owner root, modes 0755/0644 (`/tmp` 1777). Same inputs, same digests.
 //! 5. [`oci`]: an OCI layout (`<target>/image/oci/`) and `<target>/image/python-sandbox-agent.tar`, both an OCI
@@ -303,7 +304,7 @@ impl OnBase<'_> {
         let binary = self.paths.binary(app.binary);
         let dynamic = step(
             &format!("readelf: {bin}'s libraries are the image's"),
-            || agent::verify(&binary, self.tree),
+            || agent::verify(&binary, self.tree, app.binary.embeds_python),
         )?;
         println!("    NEEDED {}; no RPATH/RUNPATH", dynamic.needed.join(", "));
         let mut tree = Tree::default();
