@@ -128,6 +128,14 @@ async fn the_base_and_both_overlays_render_and_their_objects_pass_the_generated_
         "kind has no gVisor RuntimeClass"
     );
     assert_eq!(pod["containers"][0]["imagePullPolicy"], "Never");
+    let base_template = base
+        .iter()
+        .find(|d| d["kind"] == "SandboxTemplate")
+        .expect("a template");
+    assert_eq!(
+        template["spec"]["networkPolicy"], base_template["spec"]["networkPolicy"],
+        "kind keeps the production NetworkPolicy: e2e's demo runs in-cluster as the AX controller"
+    );
     let alpha = render_and_create("overlays/v1alpha1", &CrdSource::V1alpha1Only, "v1alpha1")
         .await
         .expect("kubectl was found a moment ago");

@@ -4,7 +4,9 @@
 //! with a simulated agent-sandbox controller, and a warm pool whose "pods"
 //! are real `python-sandbox-agent` processes on their own loopback addresses
 //! (or, with `--runtime docker`, containers of the agent's image in the local
-//! Docker Engine). With `--kubeconfig` it runs against a real cluster instead.
+//! Docker Engine). With `--kubeconfig` it runs against a real cluster instead,
+//! and with `--in-cluster` from a pod in one (its service account's token), as
+//! `cargo xtask e2e` runs it: dialling pod IPs as an AX controller does.
 //!
 //! Run it through `cargo xtask demo`, which builds the agent first.
 
@@ -24,18 +26,23 @@ use pipeline::{Pipeline, RuntimeKind, WARM_POOL};
 
 #[derive(Parser)]
 #[command(about = "Run a scripted AX conversation in an agent-sandbox sandbox")]
+// A real cluster comes from a kubeconfig or from the pod the demo runs in, never both.
+#[command(group = clap::ArgGroup::new("cluster").args(["kubeconfig", "in_cluster"]))]
 struct Cli {
     /// Use this cluster instead of the embedded fake one.
     #[arg(long)]
     kubeconfig: Option<std::path::PathBuf>,
+    /// Use the cluster this runs in (a pod's service account), instead of the embedded fake one.
+    #[arg(long)]
+    in_cluster: bool,
     /// Namespace of the claims (and of the warm pool).
-    #[arg(long, default_value = pipeline::NAMESPACE, requires = "kubeconfig")]
+    #[arg(long, default_value = pipeline::NAMESPACE, requires = "cluster")]
     namespace: String,
     /// Warm pool to claim from.
-    #[arg(long, default_value = pipeline::WARM_POOL, requires = "kubeconfig")]
+    #[arg(long, default_value = pipeline::WARM_POOL, requires = "cluster")]
     warm_pool: String,
     /// Template of the warm pool (and of claims on v1alpha1 clusters).
-    #[arg(long, default_value = pipeline::TEMPLATE, requires = "kubeconfig")]
+    #[arg(long, default_value = pipeline::TEMPLATE, requires = "cluster")]
     template: String,
     /// Ready sandboxes kept in the embedded warm pool.
     #[arg(long, default_value_t = 2)]
@@ -43,12 +50,7 @@ struct Cli {
     /// What the embedded cluster's pods are: local agent processes, or containers of the
     /// agent's image (`PYTHON_SANDBOX_AGENT_IMAGE`, else the template's) in the local
     /// Docker Engine.
-    #[arg(
-        long,
-        value_enum,
-        default_value = "local",
-        conflicts_with = "kubeconfig"
-    )]
+    #[arg(long, value_enum, default_value = "local", conflicts_with = "cluster")]
     runtime: RuntimeKind,
 }
 
@@ -109,6 +111,15 @@ async fn run(cli: Cli, interrupted: tokio::sync::watch::Receiver<bool>) -> anyho
     // controller, and dropping the runtime kills every agent process.
     let mut embedded = None;
     let kube = match &cli.kubeconfig {
+        None if cli.in_cluster => {
+            step(&clock, "using the cluster this pod runs in");
+            let config = kube::Config::incluster().context(
+                "--in-cluster: no in-cluster environment (KUBERNETES_SERVICE_HOST/PORT and the service \
+                 account token under /var/run/secrets/kubernetes.io/serviceaccount); run this in a pod, \
+                 or pass --kubeconfig",
+            )?;
+            kube::Client::try_from(config).context("building a Kubernetes client")?
+        }
         Some(path) => {
             step(&clock, &format!("using the cluster in {}", path.display()));
             let kubeconfig =
@@ -328,4 +339,46 @@ fn timings(report: &ExecutionReport) {
 
 fn step(clock: &Instant, what: &str) {
     println!("{:7.3}s ▸ {what}", clock.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_comes_from_a_kubeconfig_or_the_pod_but_not_both() {
+        let cli = Cli::try_parse_from([
+            "demo",
+            "--in-cluster",
+            "--namespace",
+            "x",
+            "--warm-pool",
+            "y",
+        ])
+        .unwrap();
+        assert!(cli.in_cluster && cli.kubeconfig.is_none());
+        assert_eq!((cli.namespace.as_str(), cli.warm_pool.as_str()), ("x", "y"));
+        let both = Cli::try_parse_from(["demo", "--in-cluster", "--kubeconfig", "p"]);
+        assert_eq!(
+            both.err().map(|e| e.kind()),
+            Some(clap::error::ErrorKind::ArgumentConflict)
+        );
+        let kubeconfig =
+            Cli::try_parse_from(["demo", "--kubeconfig", "p", "--template", "t"]).unwrap();
+        assert_eq!(kubeconfig.template, "t");
+    }
+
+    #[test]
+    fn cluster_options_need_a_cluster_and_the_embedded_runtime_needs_none() {
+        let kind = |args: &[&str]| Cli::try_parse_from(args).err().map(|e| e.kind());
+        assert_eq!(
+            kind(&["demo", "--namespace", "x"]),
+            Some(clap::error::ErrorKind::MissingRequiredArgument)
+        );
+        assert_eq!(
+            kind(&["demo", "--in-cluster", "--runtime", "docker"]),
+            Some(clap::error::ErrorKind::ArgumentConflict)
+        );
+        assert_eq!(kind(&["demo", "--runtime", "docker"]), None);
+    }
 }

@@ -23,7 +23,7 @@ pub(super) fn step(what: &str, timeout: Duration, expression: Expression) -> any
     result.with_context(|| format!("step failed: {what}"))
 }
 
-fn run_with_timeout(expression: &Expression, timeout: Duration) -> anyhow::Result<()> {
+pub(super) fn run_with_timeout(expression: &Expression, timeout: Duration) -> anyhow::Result<()> {
     let handle = expression.start()?;
     match handle.wait_timeout(timeout) {
         Ok(Some(_)) => Ok(()),
@@ -53,11 +53,6 @@ impl Cluster {
             Engine::Docker => expression,
             Engine::Podman => expression.env("KIND_EXPERIMENTAL_PROVIDER", "podman"),
         }
-    }
-
-    /// `docker …` or `podman …`, whichever runs the nodes.
-    pub(super) fn engine_cmd(&self, args: &[&str]) -> Expression {
-        cmd(self.engine.name(), args)
     }
 
     pub(super) fn kubectl(&self, args: &[&str]) -> Expression {

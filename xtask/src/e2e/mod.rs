@@ -4,45 +4,40 @@
 //!
 //! 1. Check the prerequisites: `kind`, `kubectl`, and `docker` or `podman` with a daemon that answers. When one is
 //!    missing, say exactly which and exit 0 (a skip), or exit 1 with `--require` unless `CI=true`.
-//! 2. Check that this host can reach pod IPs at all (see below): on macOS, Windows, Docker Desktop or a rootless
-//!    engine it cannot, so fail before creating anything (unless `--no-route`).
-//! 3. `kind create cluster --name ax-sandbox-e2e` with its own kubeconfig under `<target>/e2e/` (never the user's
+//! 2. `kind create cluster --name ax-sandbox-e2e` with its own kubeconfig under `<target>/e2e/` (never the user's
 //!    `~/.kube/config`), or adopt the existing cluster with `--reuse`.
-//! 4. Route each node's pod subnet via that node's container (`ip route replace <podCIDR> via <node IP>`, as root
-//!    or through `sudo -n`), unless `--no-route`. Without root, stop with the exact commands to run by hand and keep
-//!    the cluster so that they stay right.
-//! 5. Apply the agent-sandbox release (controller and CRDs; v1.0.3 unless `--agent-sandbox-manifest`), wait for the
+//! 3. Apply the agent-sandbox release (controller and CRDs; v1.0.3 unless `--agent-sandbox-manifest`), wait for the
 //!    CRDs and the controller. `deploy/` uses `v1beta1`, the only API version that agent-sandbox v1.0 serves.
-//! 6. Build the agent image with `cargo xtask image` and `kind load image-archive` it.
-//! 7. Apply `deploy/` through the `deploy/overlays/kind` overlay (namespaces, no gVisor runtimeClassName, imagePullPolicy
-//!    Never, and a NetworkPolicy rule that admits the host on 8494) and wait until the warm pool has all its
-//!    replicas ready.
-//! 8. Run the whole-pipeline demo against the cluster: `cargo run -p pipeline --bin demo -- --kubeconfig …
-//!    --namespace agent-platform --warm-pool python-sandbox-pool`.
-//! 9. Remove the routes this task added (also when a step failed), then `kind delete cluster`, unless
-//!    `--keep-cluster` or `--reuse`.
+//! 4. Build the agent image and the demo image (`cargo xtask image --demo`: the same Debian base plus the `demo`
+//!    binary) and `kind load image-archive` both.
+//! 5. Apply `deploy/` through the `deploy/overlays/kind` overlay (namespaces, the AX controller's service account
+//!    and RBAC, no gVisor runtimeClassName, imagePullPolicy Never) and wait until the warm pool has all its replicas
+//!    ready.
+//! 6. Run the whole-pipeline demo in the cluster as the Job `ax-system/ax-e2e-demo` (see [`job`]): `demo
+//!    --in-cluster --namespace agent-platform --warm-pool python-sandbox-pool`. Wait until it completes or fails,
+//!    print its logs, and fail naming the Job when it failed.
+//! 7. `kind delete cluster`, unless `--keep-cluster` or `--reuse` (then delete the Job instead).
 //!
 //! Every step prints what it runs and how long it took, and has a timeout. When a step fails, the task says which,
 //! dumps `kubectl get sandboxclaims,sandboxes,pods -A -o wide` and the controller's logs, then cleans up.
 //!
 //! # Reaching the pods
 //!
-//! The demo runs on the host and, like an AX controller in direct mode, speaks AXP to `podIP:8494`. A kind node is
-//! a container on the engine's `kind` network and the pod subnet lives behind it, so on Linux with a rootful engine
-//! a route to the pod subnet via the node's address is all it takes; the packets then arrive from the host's
-//! address on that network, which the overlay's extra ingress rule admits. Docker Desktop and Podman machine (macOS,
-//! Windows, Docker Desktop for Linux) run the nodes inside a VM, and rootless engines inside their own network
-//! namespace: there the host cannot reach the nodes, let alone the pods.
+//! An AX controller in direct mode speaks AXP to `podIP:8494` from inside the cluster, and so does the demo: its
+//! Job's pod runs in `ax-system` as the `ax-controller` service account with the label
+//! `app.kubernetes.io/name: ax-controller`, which is what the template's NetworkPolicy admits and what the claims
+//! RoleBinding names. Nothing is routed from the host and nothing needs root, so the flow does not depend on
+//! whether the host can reach the pod subnet (it cannot under Docker Desktop, Podman machine or a rootless
+//! engine), and the NetworkPolicy under test is the production one, with no rule added for e2e.
 //!
 //! # Caveats
 //!
-//! - Ctrl-C kills the current step's process but leaves the cluster and the routes; `kind delete cluster --name
-//!   ax-sandbox-e2e` removes the cluster, and the `ip route del` command printed when the route was added removes
-//!   the route.
+//! - Ctrl-C kills the current step's process but leaves the cluster; `kind delete cluster --name ax-sandbox-e2e`
+//!   removes it.
 
 mod cluster;
+mod job;
 mod probe;
-mod routes;
 
 use std::{
     path::PathBuf,
@@ -50,19 +45,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use duct::cmd;
 
 use crate::image;
 use cluster::{Cluster, step};
-use probe::{
-    answer, ask, choose_engine, missing_message, probe, probe_engine, unreachable_message,
-    unreachable_pods,
-};
-use routes::{
-    NETWORKS_FORMAT, NODES_JSONPATH, PodRoute, PodRoutes, Privilege, ip_route_argv, kind_network,
-    node_ip, parse_node_pod_cidrs, route_command, route_failure_message, routed_via,
-};
-
+use probe::{choose_engine, missing_message, probe};
 /// The cluster's default name.
 const CLUSTER: &str = "ax-sandbox-e2e";
 /// The agent-sandbox release: controller, RBAC and CRDs, with extensions (claims, templates, warm pools). v1.0.3
@@ -96,13 +82,13 @@ pub struct E2e {
     /// The kindest/node image (default: the one the kind binary defaults to).
     #[arg(long)]
     node_image: Option<String>,
-    /// Load this archive (from `cargo xtask image`) instead of building the image.
+    /// Load this agent image archive (from `cargo xtask image`) instead of building it.
     #[arg(long)]
     image_archive: Option<PathBuf>,
-    /// Do not route the pod subnet from this host (no root needed): for when pod IPs are reachable already,
-    /// e.g. because you ran `ip route replace <podCIDR> via <node IP>` yourself.
+    /// Load this demo image archive (from `cargo xtask image --demo`, tagged agent-sandbox-demo:dev) instead of
+    /// building it.
     #[arg(long)]
-    no_route: bool,
+    demo_archive: Option<PathBuf>,
 }
 
 impl E2e {
@@ -130,13 +116,6 @@ impl E2e {
             }
         };
         println!("e2e: using kind, kubectl and {}", engine.name());
-        if self.no_route {
-            println!("e2e: --no-route: assuming this host reaches the pods' IPs by itself");
-        } else if let Some(reason) =
-            unreachable_pods(std::env::consts::OS, engine, &probe_engine(engine))
-        {
-            bail!("{}", unreachable_message(&reason));
-        }
 
         let work_dir = super::target_dir()?.join("e2e");
         std::fs::create_dir_all(&work_dir)?;
@@ -147,19 +126,11 @@ impl E2e {
             delete_on_drop: false,
         };
         let mut cluster = self.bring_up(cluster)?;
-        let result = match self.route_pods(&mut cluster) {
-            Ok(routes) => {
-                let result = self.exercise(&cluster);
-                if let Err(error) = &result {
-                    eprintln!("e2e: FAILED: {error:#}");
-                    cluster.diagnose();
-                }
-                // Removes the routes this task added, whatever happened (also when unwinding).
-                drop(routes);
-                result
-            }
-            Err(error) => Err(error),
-        };
+        let result = self.exercise(&cluster);
+        if let Err(error) = &result {
+            eprintln!("e2e: FAILED: {error:#}");
+            cluster.diagnose();
+        }
         if cluster.delete_on_drop {
             cluster.delete_on_drop = false;
             step(
@@ -237,82 +208,6 @@ impl E2e {
         Ok(cluster)
     }
 
-    /// Routes each node's pod subnet from this host via the node's container, so that the demo reaches `podIP:8494`.
-    ///
-    /// Returns what to undo; dropping it removes the routes. When adding a route fails (no root, and `sudo -n`
-    /// would ask for a password), the cluster is kept so that the commands in the error stay right.
-    fn route_pods(&self, cluster: &mut Cluster) -> anyhow::Result<Option<PodRoutes>> {
-        if self.no_route {
-            return Ok(None);
-        }
-        let nodes = ask(
-            "kubectl get nodes (their pod subnets)",
-            cluster.kubectl(&["get", "nodes", "-o", NODES_JSONPATH]),
-        )?;
-        let nodes = parse_node_pod_cidrs(&nodes)?;
-        let network = kind_network();
-        let mut routes = Vec::new();
-        for (node, cidr) in nodes {
-            let networks = ask(
-                &format!("{} inspect {node}", cluster.engine.name()),
-                cluster.engine_cmd(&["inspect", "-f", NETWORKS_FORMAT, &node]),
-            )?;
-            let via = node_ip(&networks, &network)
-                .with_context(|| format!("the address of node {node} on the {network} network"))?;
-            routes.push(PodRoute { cidr, via });
-        }
-
-        let privilege = if nix::unistd::geteuid().is_root() {
-            Privilege::Root
-        } else {
-            Privilege::Sudo
-        };
-        let mut added = PodRoutes {
-            privilege,
-            routes: Vec::new(),
-        };
-        for route in &routes {
-            let shown = answer(
-                cmd!("ip", "route", "show", "exact", &route.cidr),
-                Duration::from_secs(20),
-            );
-            if let Some(Ok(shown)) = shown
-                && routed_via(&shown, route.via)
-            {
-                println!(
-                    "e2e: {} is routed via {} already (left as it is)",
-                    route.cidr, route.via
-                );
-                continue;
-            }
-            let argv = ip_route_argv(privilege, "replace", route);
-            let what = argv.join(" ");
-            println!("==> {what}");
-            let started = Instant::now();
-            let said = match answer(cmd(&argv[0], &argv[1..]), Duration::from_secs(30)) {
-                Some(Ok(_)) => {
-                    println!("<== {what}: ok in {:.1?}", started.elapsed());
-                    println!(
-                        "e2e: if interrupted, remove the route with: {}",
-                        route_command(Privilege::Sudo, "del", route)
-                    );
-                    added.routes.push(route.clone());
-                    continue;
-                }
-                Some(Err(said)) => said,
-                None => format!("{}: not found", argv[0]),
-            };
-            println!("<== {what}: FAILED in {:.1?}", started.elapsed());
-            // Keep the cluster: the commands in the message name its node's address.
-            let created = std::mem::take(&mut cluster.delete_on_drop);
-            bail!(
-                "{}",
-                route_failure_message(privilege, &routes, &said, &cluster.name, created)
-            );
-        }
-        Ok(Some(added))
-    }
-
     /// Everything between creating the cluster and deleting it.
     fn exercise(&self, cluster: &Cluster) -> anyhow::Result<()> {
         let root = super::workspace_root();
@@ -351,24 +246,41 @@ impl E2e {
             ]),
         )?;
 
-        let archive = match &self.image_archive {
-            Some(archive) => archive.clone(),
-            None => {
-                println!("==> cargo xtask image --tag {}", image::DEFAULT_TAG);
+        let (agent_archive, demo_archive) = match (&self.image_archive, &self.demo_archive) {
+            (Some(agent), Some(demo)) => (agent.clone(), demo.clone()),
+            // Building one costs little more than building both: the base and the dependencies are shared.
+            (agent, demo) => {
+                println!("==> cargo xtask image --demo --tag {}", image::DEFAULT_TAG);
                 let started = Instant::now();
-                let built = image::Image::for_tag(image::DEFAULT_TAG)
-                    .run()
-                    .context("step failed: cargo xtask image")?;
-                println!("<== cargo xtask image: ok in {:.1?}", started.elapsed());
-                built.archive
+                let built = image::Image {
+                    demo: true,
+                    ..image::Image::for_tag(image::DEFAULT_TAG)
+                }
+                .run()
+                .context("step failed: cargo xtask image --demo")?;
+                println!(
+                    "<== cargo xtask image --demo: ok in {:.1?}",
+                    started.elapsed()
+                );
+                (
+                    agent.clone().unwrap_or(built.archive),
+                    demo.clone()
+                        .or(built.demo_archive)
+                        .context("cargo xtask image --demo wrote no demo archive")?,
+                )
             }
         };
-        let archive = archive.display().to_string();
-        step(
-            "kind load image-archive",
-            Duration::from_secs(300),
-            cluster.kind(&["load", "image-archive", &archive, "--name", &cluster.name]),
-        )?;
+        for (what, archive) in [
+            (image::DEFAULT_TAG, &agent_archive),
+            (image::DEMO_TAG, &demo_archive),
+        ] {
+            let archive = archive.display().to_string();
+            step(
+                &format!("kind load image-archive ({what})"),
+                Duration::from_secs(300),
+                cluster.kind(&["load", "image-archive", &archive, "--name", &cluster.name]),
+            )?;
+        }
 
         let overlay = root.join("deploy/overlays/kind").display().to_string();
         step(
@@ -403,43 +315,28 @@ impl E2e {
             ]),
         )?;
 
-        let kubeconfig = cluster.kubeconfig.display().to_string();
-        step(
-            "cargo run -p pipeline --bin demo (the whole pipeline on the cluster)",
-            Duration::from_secs(900),
-            cmd(
-                "cargo",
-                [
-                    "run",
-                    "--package",
-                    "pipeline",
-                    "--bin",
-                    "demo",
-                    "--",
-                    "--kubeconfig",
-                    &kubeconfig,
-                    "--namespace",
-                    NAMESPACE,
-                    "--warm-pool",
-                    WARM_POOL,
-                ],
-            )
-            .dir(&root),
-        )?;
-        Ok(())
+        cluster.run_demo_job(image::DEMO_TAG)
     }
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_no_route_flag_parses() {
+    fn both_archives_can_be_given() {
         use clap::Parser as _;
         let parse = |args: &[&str]| match crate::Cli::try_parse_from(args).unwrap().task {
             crate::Task::E2e(e2e) => e2e,
             _ => unreachable!("parsed as e2e"),
         };
-        assert!(parse(&["cargo xtask", "e2e", "--no-route", "--reuse"]).no_route);
-        assert!(!parse(&["cargo xtask", "e2e"]).no_route);
+        let e2e = parse(&[
+            "cargo xtask",
+            "e2e",
+            "--image-archive",
+            "a.tar",
+            "--demo-archive",
+            "d.tar",
+        ]);
+        assert_eq!(e2e.demo_archive.as_deref(), Some("d.tar".as_ref()));
+        assert!(parse(&["cargo xtask", "e2e"]).demo_archive.is_none());
     }
 }

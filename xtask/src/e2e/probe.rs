@@ -1,4 +1,4 @@
-//! Prerequisites: kind, kubectl and a container engine that answers, and whether this host can reach the pods.
+//! Prerequisites: kind, kubectl and a container engine that answers.
 
 use std::time::Duration;
 
@@ -149,88 +149,6 @@ pub(super) fn missing_message(missing: &[String]) -> String {
     message
 }
 
-/// What can stop this host from reaching a kind cluster's nodes and pods.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct EngineFacts {
-    /// Docker Desktop: the engine, and so the nodes, run inside a VM.
-    desktop: bool,
-    /// A rootless engine: the nodes live in the engine's own network namespace.
-    rootless: bool,
-}
-
-/// Asks the engine (Linux only: elsewhere the OS alone decides). An engine that does not say is taken as ordinary.
-pub(super) fn probe_engine(engine: Engine) -> EngineFacts {
-    if std::env::consts::OS != "linux" {
-        return EngineFacts::default();
-    }
-    let timeout = Duration::from_secs(20);
-    match engine {
-        Engine::Docker => answer(
-            cmd!(
-                "docker",
-                "info",
-                "--format",
-                "{{.OperatingSystem}}|{{.SecurityOptions}}"
-            ),
-            timeout,
-        )
-        .and_then(Result::ok)
-        .map(|info| docker_facts(&info))
-        .unwrap_or_default(),
-        Engine::Podman => EngineFacts {
-            desktop: false,
-            rootless: answer(
-                cmd!("podman", "info", "--format", "{{.Host.Security.Rootless}}"),
-                timeout,
-            )
-            .and_then(Result::ok)
-            .is_some_and(|rootless| rootless.trim() == "true"),
-        },
-    }
-}
-
-/// Reads `docker info --format '{{.OperatingSystem}}|{{.SecurityOptions}}'`.
-fn docker_facts(info: &str) -> EngineFacts {
-    EngineFacts {
-        desktop: info.contains("Docker Desktop"),
-        rootless: info.contains("name=rootless"),
-    }
-}
-
-/// Why this host cannot reach the pods of a kind cluster, if it cannot.
-pub(super) fn unreachable_pods(os: &str, engine: Engine, facts: &EngineFacts) -> Option<String> {
-    let engine = engine.name();
-    if os != "linux" {
-        Some(format!(
-            "on {os}, {engine} (Docker Desktop, Podman machine, colima…) runs kind's nodes inside a Linux VM, and \
-             neither the nodes nor their pods' IPs are reachable from the host"
-        ))
-    } else if facts.desktop {
-        Some(
-            "Docker Desktop runs kind's nodes inside a VM, and neither the nodes nor their pods' IPs are reachable \
-             from the host"
-                .to_owned(),
-        )
-    } else if facts.rootless {
-        Some(format!(
-            "rootless {engine} keeps kind's nodes in its own network namespace, and neither the nodes nor their \
-             pods' IPs are reachable from the host"
-        ))
-    } else {
-        None
-    }
-}
-
-pub(super) fn unreachable_message(reason: &str) -> String {
-    format!(
-        "e2e cannot run here: {reason}.\n\
-         The demo runs on this host and connects to each sandbox at podIP:{port} (like an AX controller in direct \
-         mode), so it needs the pod subnet routed from here. Run e2e on a Linux host with rootful Docker or \
-         Podman, or, if you have made the pod IPs reachable yourself, pass --no-route.",
-        port = axp_transport::DEFAULT_PORT
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,50 +207,5 @@ mod tests {
             ..everything()
         };
         assert_eq!(choose_engine(&probes).unwrap_err().len(), 1);
-    }
-
-    #[test]
-    fn pods_are_unreachable_off_linux_on_docker_desktop_and_rootless() {
-        let ordinary = EngineFacts::default();
-        assert_eq!(unreachable_pods("linux", Engine::Docker, &ordinary), None);
-        assert_eq!(unreachable_pods("linux", Engine::Podman, &ordinary), None);
-        let mac = unreachable_pods("macos", Engine::Docker, &ordinary).unwrap();
-        assert!(mac.starts_with("on macos, docker (Docker Desktop"), "{mac}");
-        assert!(unreachable_pods("windows", Engine::Podman, &ordinary).is_some());
-
-        let desktop =
-            docker_facts("Docker Desktop|[name=seccomp,profile=unconfined name=cgroupns]\n");
-        assert_eq!(
-            desktop,
-            EngineFacts {
-                desktop: true,
-                rootless: false
-            }
-        );
-        assert!(
-            unreachable_pods("linux", Engine::Docker, &desktop)
-                .unwrap()
-                .contains("VM")
-        );
-        let rootless = docker_facts(
-            "Ubuntu 24.04.1 LTS|[name=seccomp,profile=builtin name=rootless name=cgroupns]\n",
-        );
-        assert!(rootless.rootless && !rootless.desktop);
-        assert_eq!(
-            docker_facts(
-                "Ubuntu 24.04.1 LTS|[name=apparmor name=seccomp,profile=builtin name=cgroupns]"
-            ),
-            ordinary
-        );
-        let podman = EngineFacts {
-            desktop: false,
-            rootless: true,
-        };
-        assert!(
-            unreachable_pods("linux", Engine::Podman, &podman)
-                .unwrap()
-                .starts_with("rootless podman keeps")
-        );
-        assert!(unreachable_message("x").contains("pass --no-route"));
     }
 }

@@ -1,4 +1,8 @@
-//! The agent binary, built against the base tree's libpython rather than the build machine's Python.
+//! The image's binaries (the agent, and the demo for `cargo xtask e2e`), built against the base tree's libpython
+//! rather than the build machine's Python. Both share one target directory and one pyo3 config, so the demo's
+//! build reuses every dependency the agent's compiled the same way (pyo3 first of all). The demo depends on pyo3
+//! through python-sandbox-agent, so pyo3's build script needs the config for it too; but it calls no Python, and
+//! the linker's `--as-needed` (rustc's default) leaves libpython out of its NEEDED list.
 //!
 //! pyo3 reads a `PYO3_CONFIG_FILE` written here instead of asking an interpreter. The file names no `lib_dir`:
 //! `crates/python-sandbox-agent/build.rs` calls `pyo3_build_config::add_libpython_rpath_link_args`, which turns
@@ -25,6 +29,30 @@ pub const LIBPYTHON_SONAME: &str = "libpython3.11.so.1.0";
 /// Where Debian puts shared libraries, inside the tree.
 pub const LIB_DIR: &str = "usr/lib/x86_64-linux-gnu";
 
+/// A binary of the workspace that goes into an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binary {
+    pub package: &'static str,
+    pub bin: &'static str,
+    /// Whether the binary must record [`LIBPYTHON_SONAME`]: the agent embeds Python, and a binary that does not
+    /// need libpython then was linked wrong.
+    pub embeds_python: bool,
+}
+
+/// The reference agent.
+pub const AGENT: Binary = Binary {
+    package: "python-sandbox-agent",
+    bin: "python-sandbox-agent",
+    embeds_python: true,
+};
+/// The whole-pipeline demo (`tests/src/bin/demo.rs`). The pipeline crate depends on python-sandbox-agent (for the
+/// embedded cluster's local agent processes), hence pyo3, but the demo runs no Python itself (see the module docs).
+pub const DEMO: Binary = Binary {
+    package: "pipeline",
+    bin: "demo",
+    embeds_python: false,
+};
+
 /// The paths the build uses, all under `<target>/image/`.
 #[derive(Debug, Clone)]
 pub struct BuildPaths {
@@ -45,8 +73,8 @@ impl BuildPaths {
         }
     }
 
-    pub fn binary(&self) -> PathBuf {
-        self.cargo_target.join("release/python-sandbox-agent")
+    pub fn binary(&self, binary: Binary) -> PathBuf {
+        self.cargo_target.join("release").join(binary.bin)
     }
 
     fn config_file(&self) -> PathBuf {
@@ -72,8 +100,8 @@ fn write_if_changed(path: &Path, data: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prepares the pyo3 config and link directory, then `cargo build --release --locked -p python-sandbox-agent`.
-pub fn build(root: &Path, paths: &BuildPaths) -> anyhow::Result<()> {
+/// Prepares the pyo3 config and link directory, then `cargo build --release --locked -p <package> --bin <bin>`.
+pub fn build(root: &Path, paths: &BuildPaths, binary: Binary) -> anyhow::Result<()> {
     let libpython = paths.rootfs.join(LIB_DIR).join(LIBPYTHON_SONAME);
     ensure!(
         libpython.is_file(),
@@ -94,9 +122,9 @@ pub fn build(root: &Path, paths: &BuildPaths) -> anyhow::Result<()> {
         "--release",
         "--locked",
         "--package",
-        "python-sandbox-agent",
+        binary.package,
         "--bin",
-        "python-sandbox-agent"
+        binary.bin
     )
     .dir(root)
     .env("CARGO_TARGET_DIR", &paths.cargo_target)
@@ -105,9 +133,12 @@ pub fn build(root: &Path, paths: &BuildPaths) -> anyhow::Result<()> {
     .env_remove("PYO3_PYTHON")
     .env_remove("PYO3_CROSS_LIB_DIR")
     .run()
-    .context(
-        "cargo build --release -p python-sandbox-agent (against the rootfs's libpython) failed",
-    )?;
+    .with_context(|| {
+        format!(
+            "cargo build --release -p {} --bin {} (against the rootfs's libpython) failed",
+            binary.package, binary.bin
+        )
+    })?;
     Ok(())
 }
 
@@ -145,10 +176,10 @@ pub fn parse_readelf(output: &str) -> Dynamic {
 }
 
 /// The problems with `dynamic` for a binary that must run from `tree` alone: an interpreter or a needed library
-/// the tree lacks, a search path outside it, or no libpython.
-pub fn problems(dynamic: &Dynamic, tree: &Tree) -> Vec<String> {
+/// the tree lacks, a search path outside it, or no libpython when it `embeds_python`.
+pub fn problems(dynamic: &Dynamic, tree: &Tree, embeds_python: bool) -> Vec<String> {
     let mut problems = Vec::new();
-    if !dynamic.needed.iter().any(|n| n == LIBPYTHON_SONAME) {
+    if embeds_python && !dynamic.needed.iter().any(|n| n == LIBPYTHON_SONAME) {
         problems.push(format!("does not need {LIBPYTHON_SONAME}"));
     }
     for name in &dynamic.needed {
@@ -170,12 +201,12 @@ pub fn problems(dynamic: &Dynamic, tree: &Tree) -> Vec<String> {
 }
 
 /// Checks the built binary with `readelf` against the tree it will run from.
-pub fn verify(binary: &Path, tree: &Tree) -> anyhow::Result<Dynamic> {
+pub fn verify(binary: &Path, tree: &Tree, embeds_python: bool) -> anyhow::Result<Dynamic> {
     let out = cmd!("readelf", "-d", "-l", "-W", binary)
         .read()
         .with_context(|| format!("readelf -d -l {} failed (binutils)", binary.display()))?;
     let dynamic = parse_readelf(&out);
-    let problems = problems(&dynamic, tree);
+    let problems = problems(&dynamic, tree, embeds_python);
     if !problems.is_empty() {
         bail!("{}: {}", binary.display(), problems.join("; "));
     }
@@ -235,14 +266,19 @@ Dynamic section at offset 0x2d4f0c8 contains 32 entries:
         let tree = tree();
         let mut dynamic = parse_readelf(READELF);
         assert_eq!(
-            problems(&dynamic, &tree),
+            problems(&dynamic, &tree, true),
             ["has an RPATH/RUNPATH /root/.pyenv/versions/3.11.7/lib outside the image"]
         );
         dynamic.search_paths.clear();
-        assert!(problems(&dynamic, &tree).is_empty());
+        assert!(problems(&dynamic, &tree, true).is_empty());
         dynamic.needed = vec!["libc.so.6".into(), "libssl.so.3".into()];
+        // The demo (no Python of its own) may leave libpython out, but not a library the image lacks.
         assert_eq!(
-            problems(&dynamic, &tree),
+            problems(&dynamic, &tree, false),
+            [format!("needs libssl.so.3, which /{LIB_DIR} lacks")]
+        );
+        assert_eq!(
+            problems(&dynamic, &tree, true),
             [
                 "does not need libpython3.11.so.1.0".to_owned(),
                 format!("needs libssl.so.3, which /{LIB_DIR} lacks")

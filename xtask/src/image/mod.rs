@@ -1,5 +1,6 @@
 //! `cargo xtask image`: the reference agent's image, built from Debian packages without a base image or a
-//! registry, and loaded into the local Docker Engine.
+//! registry, and loaded into the local Docker Engine. `--demo` also builds the demo's image ([`DEMO_TAG`]) on the
+//! same base layer, which `cargo xtask e2e` runs in the cluster.
 //!
 //! # Flow
 //!
@@ -12,10 +13,13 @@
 //! 3. [`agent`]: `cargo build --release --locked -p python-sandbox-agent` in `<target>/image/cargo/` with
 //!    `PYO3_CONFIG_FILE` naming the rootfs's libpython; `readelf` then checks that it needs
 //!    `libpython3.11.so.1.0`, finds every library and its loader in the tree, and has no RPATH/RUNPATH.
-//! 4. [`layer`]: two uncompressed layers, the Debian base and the agent: entries sorted, mtimes
+//!    `--demo` builds `-p pipeline --bin demo` the same way, in the same target directory (so it reuses the
+//!    agent's dependencies), and checks it the same way, except that it need not record libpython (it runs no
+//!    Python; see [`agent`]).
+//! 4. [`layer`]: two uncompressed layers, the Debian base and the agent (and a demo layer): entries sorted, mtimes
 //!    `SOURCE_DATE_EPOCH` (else 0), owner root, modes 0755/0644 (`/tmp` 1777). Same inputs, same digests.
 //! 5. [`oci`]: an OCI layout (`<target>/image/oci/`) and `<target>/image/python-sandbox-agent.tar`, both an OCI
-//!    layout and a docker-archive.
+//!    layout and a docker-archive; with `--demo`, `<target>/image/demo-oci/` and `agent-sandbox-demo.tar` too.
 //! 6. [`engine`]: when `docker version` reaches an engine, `docker load` and print the image ID and size.
 //!    `--dockerfile` also loads the base alone as [`BASE_TAG`] and builds the repository's `Dockerfile`
 //!    (`--target prebuilt`, the legacy builder) on it from the binary of step 3, as [`DOCKERFILE_TAG`].
@@ -42,14 +46,18 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use self::{
-    agent::BuildPaths,
+    agent::{Binary, BuildPaths},
     layer::write_layer_file,
-    oci::{ConfigSpec, ImageLayer, Reference, write_image},
+    oci::{ConfigSpec, ImageLayer, Reference, Written, write_image},
     rootfs::{Node, Tree},
 };
 
 /// Where the agent binary lives in the image.
 pub const BINARY: &str = "/usr/local/bin/python-sandbox-agent";
+/// Where the demo binary lives in the demo image.
+pub const DEMO_BINARY: &str = "/usr/local/bin/demo";
+/// The demo image (`--demo`), which `cargo xtask e2e` runs in the cluster as a Job.
+pub const DEMO_TAG: &str = "agent-sandbox-demo:dev";
 /// The unprivileged user (and group) the image runs as, as in distroless images and `deploy/base/sandbox-template.yaml`.
 pub const NONROOT: u32 = 65532;
 /// The AXP port the image's agent serves on.
@@ -90,6 +98,10 @@ pub struct Image {
     /// `python-sandbox-agent:dockerfile` (needs a Docker Engine).
     #[arg(long)]
     pub dockerfile: bool,
+    /// Also build the demo image, agent-sandbox-demo:dev: the same base plus the `demo` binary (package
+    /// `pipeline`), built the same way (what `cargo xtask e2e` runs in the cluster).
+    #[arg(long)]
+    pub demo: bool,
     /// Where to write everything (default: `<cargo target dir>/image`).
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
@@ -100,16 +112,20 @@ pub struct Image {
 pub struct Built {
     /// The docker-archive (also an OCI layout) for `docker load` and `kind load image-archive`.
     pub archive: PathBuf,
+    /// The demo image's, with `--demo`.
+    pub demo_archive: Option<PathBuf>,
 }
 
 impl Image {
-    /// The options `cargo xtask e2e` uses: build and tag, no `docker load` (it loads the archive into kind).
+    /// Build and tag the agent image, no `docker load` (`cargo xtask e2e` adds the demo image and loads both
+    /// archives into kind).
     pub fn for_tag(tag: &str) -> Self {
         Self {
             tag: tag.to_owned(),
             no_build: false,
             no_load: true,
             dockerfile: false,
+            demo: false,
             out_dir: None,
         }
     }
@@ -154,34 +170,33 @@ impl Image {
         })?;
         print_counts("base", &base);
 
+        let binaries: &[Binary] = if self.demo {
+            &[agent::AGENT, agent::DEMO]
+        } else {
+            &[agent::AGENT]
+        };
         if !self.no_build {
-            step(
-                "cargo build --release -p python-sandbox-agent (rootfs libpython)",
-                || agent::build(&root, &paths),
-            )?;
+            for &binary in binaries {
+                step(
+                    &format!(
+                        "cargo build --release -p {} --bin {} (rootfs libpython)",
+                        binary.package, binary.bin
+                    ),
+                    || agent::build(&root, &paths, binary),
+                )?;
+            }
         }
-        let binary = paths.binary();
-        let dynamic = step("readelf: the agent's libraries are the image's", || {
-            agent::verify(&binary, &base)
-        })?;
-        println!("    NEEDED {}; no RPATH/RUNPATH", dynamic.needed.join(", "));
-        let mut agent_tree = Tree::default();
-        agent_tree.put(
-            Path::new(BINARY),
-            Node::File {
-                data: fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?,
-                mode: 0o755,
-            },
-        );
 
         let layers_dir = out_dir.join("layers");
         fs::create_dir_all(&layers_dir)?;
-        let (base_layer, agent_layer) = step("write the layers", || {
-            Ok((
-                write_layer_file(&base, &layers_dir.join("base.tar"), mtime)?,
-                write_layer_file(&agent_tree, &layers_dir.join("agent.tar"), mtime)?,
-            ))
+        let base_layer = step("write the base layer", || {
+            write_layer_file(&base, &layers_dir.join("base.tar"), mtime)
         })?;
+        println!(
+            "  base layer  {} ({})",
+            base_layer.digest,
+            mib(base_layer.size)
+        );
         let base_history = format!(
             "cargo xtask image: Debian 12 packages ({} of them)",
             debs.len()
@@ -190,47 +205,38 @@ impl Image {
             file: &base_layer,
             created_by: &base_history,
         };
-        let written = step("write the OCI layout and the docker-archive", || {
-            write_image(
-                &[
-                    base_image_layer.clone(),
-                    ImageLayer {
-                        file: &agent_layer,
-                        created_by: "cargo xtask image: python-sandbox-agent",
-                    },
-                ],
-                &ConfigSpec::agent(),
-                &reference,
-                &out_dir.join("oci"),
-                &out_dir.join(format!("{}.tar", reference.file_stem())),
-                mtime,
-            )
+        let on_base = OnBase {
+            paths: &paths,
+            tree: &base,
+            layer: &base_image_layer,
+            out_dir: &out_dir,
+            mtime,
+        };
+        let written = on_base.image(&App {
+            binary: agent::AGENT,
+            path: BINARY,
+            spec: ConfigSpec::agent(),
+            reference: &reference,
+            layout_dir: "oci",
         })?;
-        println!(
-            "image {}: manifest {}, id {}",
-            reference.familiar(),
-            written.manifest_digest,
-            written.config_digest
-        );
-        println!(
-            "  base layer  {} ({})",
-            base_layer.digest,
-            mib(base_layer.size)
-        );
-        println!(
-            "  agent layer {} ({})",
-            agent_layer.digest,
-            mib(agent_layer.size)
-        );
-        println!(
-            "  archive     {} (docker load -i / kind load image-archive)",
-            written.archive.display()
-        );
-        println!("  layout      {}", written.layout.display());
+        let demo = if self.demo {
+            Some(on_base.image(&App {
+                binary: agent::DEMO,
+                path: DEMO_BINARY,
+                spec: ConfigSpec::demo(),
+                reference: &Reference::parse(DEMO_TAG)?,
+                layout_dir: "demo-oci",
+            })?)
+        } else {
+            None
+        };
 
         if let Some(version) = &engine {
             if !self.no_load {
                 load(&written.archive, &reference.familiar(), version)?;
+                if let Some(demo) = &demo {
+                    load(&demo.archive, DEMO_TAG, version)?;
+                }
             }
             if self.dockerfile {
                 let base_ref = Reference::parse(BASE_TAG)?;
@@ -249,7 +255,7 @@ impl Image {
                 step(
                     &format!("docker build --target prebuilt -t {DOCKERFILE_TAG}"),
                     || {
-                        engine::prepare_context(&context, &binary)?;
+                        engine::prepare_context(&context, &paths.binary(agent::AGENT))?;
                         engine::build_prebuilt(
                             &root.join("Dockerfile"),
                             &context,
@@ -265,7 +271,94 @@ impl Image {
         println!("image: done in {:.1?}", started.elapsed());
         Ok(Built {
             archive: written.archive,
+            demo_archive: demo.map(|demo| demo.archive),
         })
+    }
+}
+
+/// One of the workspace's binaries as an image on the Debian base.
+struct App<'a> {
+    binary: Binary,
+    /// Where the binary lives in the image.
+    path: &'static str,
+    spec: ConfigSpec,
+    reference: &'a Reference,
+    /// The OCI layout's directory under the out dir (the archive is `<name>.tar` beside it).
+    layout_dir: &'static str,
+}
+
+/// The base that each [`App`] is layered on, and where the images go.
+struct OnBase<'a> {
+    paths: &'a BuildPaths,
+    tree: &'a Tree,
+    layer: &'a ImageLayer<'a>,
+    out_dir: &'a Path,
+    mtime: u64,
+}
+
+impl OnBase<'_> {
+    /// Checks the app's binary against the base tree, puts it in a layer of its own on top of the base layer, and
+    /// writes the OCI layout and the docker-archive.
+    fn image(&self, app: &App<'_>) -> anyhow::Result<Written> {
+        let bin = app.binary.bin;
+        let binary = self.paths.binary(app.binary);
+        let dynamic = step(
+            &format!("readelf: {bin}'s libraries are the image's"),
+            || agent::verify(&binary, self.tree, app.binary.embeds_python),
+        )?;
+        println!("    NEEDED {}; no RPATH/RUNPATH", dynamic.needed.join(", "));
+        let mut tree = Tree::default();
+        tree.put(
+            Path::new(app.path),
+            Node::File {
+                data: fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?,
+                mode: 0o755,
+            },
+        );
+        let layer = step(&format!("write the {bin} layer"), || {
+            write_layer_file(
+                &tree,
+                &self.out_dir.join("layers").join(format!("{bin}.tar")),
+                self.mtime,
+            )
+        })?;
+        let reference = app.reference;
+        let created_by = format!("cargo xtask image: {bin}");
+        let written = step(
+            &format!(
+                "write the OCI layout and the docker-archive of {}",
+                reference.familiar()
+            ),
+            || {
+                write_image(
+                    &[
+                        self.layer.clone(),
+                        ImageLayer {
+                            file: &layer,
+                            created_by: &created_by,
+                        },
+                    ],
+                    &app.spec,
+                    reference,
+                    &self.out_dir.join(app.layout_dir),
+                    &self.out_dir.join(format!("{}.tar", reference.file_stem())),
+                    self.mtime,
+                )
+            },
+        )?;
+        println!(
+            "image {}: manifest {}, id {}",
+            reference.familiar(),
+            written.manifest_digest,
+            written.config_digest
+        );
+        println!("  {bin} layer {} ({})", layer.digest, mib(layer.size));
+        println!(
+            "  archive     {} (docker load -i / kind load image-archive)",
+            written.archive.display()
+        );
+        println!("  layout      {}", written.layout.display());
+        Ok(written)
     }
 }
 

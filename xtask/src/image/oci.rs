@@ -102,6 +102,19 @@ impl ConfigSpec {
         }
     }
 
+    /// The demo image (`cargo xtask e2e` runs it as a Job, dialling pod IPs like an AX controller): the same
+    /// environment and user, the demo as entrypoint and no default arguments (alone it runs the embedded cluster).
+    pub fn demo() -> Self {
+        Self {
+            entrypoint: vec![super::DEMO_BINARY.to_owned()],
+            labels: labels(
+                "agent-sandbox-demo",
+                "The whole-pipeline demo: a scripted AX conversation through the agent-sandbox backend",
+            ),
+            ..Self::base()
+        }
+    }
+
     /// The base image alone (for the Dockerfile's `RUNTIME_BASE`): the same environment and user, no entrypoint.
     pub fn base() -> Self {
         Self {
@@ -392,6 +405,13 @@ mod tests {
             json!({ "type": "layers", "diff_ids": ["sha256:base", "sha256:agent"] })
         );
         assert_eq!(config["history"].as_array().unwrap().len(), 2);
+
+        let demo = config_json(&ConfigSpec::demo(), &["sha256:base"], &["base"], "x");
+        assert_eq!(demo["config"]["Entrypoint"], json!(["/usr/local/bin/demo"]));
+        assert_eq!(demo["config"]["Cmd"], json!([]));
+        assert_eq!(demo["config"]["User"], "65532:65532");
+        assert_eq!(demo["config"]["WorkingDir"], "/tmp");
+        assert!(demo["config"].get("ExposedPorts").is_none());
 
         let base = config_json(&ConfigSpec::base(), &["sha256:base"], &["base"], "x");
         assert!(base["config"].get("Entrypoint").is_none());
