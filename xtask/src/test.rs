@@ -83,10 +83,17 @@ impl Test {
                     "== the whole-pipeline suite on Docker containers of {}",
                     image::DEFAULT_TAG
                 );
-                let mut args = vec!["test", "-p", "pipeline", "--test", "pipeline"]
-                    .into_iter()
-                    .map(String::from)
-                    .collect::<Vec<_>>();
+                // The same workspace and features as above, so nothing is rebuilt.
+                let mut args = vec![
+                    "test",
+                    "--workspace",
+                    "--all-features",
+                    "--test",
+                    "pipeline",
+                ]
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>();
                 if !self.args.is_empty() {
                     args.push("--".into());
                     args.extend(self.args);
