@@ -64,9 +64,9 @@ pub enum Error {
     Wait {
         /// Claim name.
         name: String,
-        /// Why.
+        /// Why (boxed: it is large).
         #[source]
-        source: wait::Error,
+        source: Box<wait::Error>,
         /// What became of the claim: deleted, kept, or left alone.
         cleanup: Cleanup,
     },
@@ -75,9 +75,9 @@ pub enum Error {
     AwaitDeletion {
         /// Claim name.
         name: String,
-        /// Why.
+        /// Why (boxed: it is large).
         #[source]
-        source: wait::Error,
+        source: Box<wait::Error>,
     },
     /// Patching the lifecycle failed.
     #[error("failed to renew claim {name}")]
@@ -135,7 +135,7 @@ pub enum Cleanup {
     /// The claim was being deleted already (by someone else); nothing to do.
     AlreadyDeleting,
     /// Deleting the claim this call created failed; it stays until its `shutdownTime`.
-    DeleteFailed(kube::Error),
+    DeleteFailed(Box<kube::Error>),
 }
 
 impl std::fmt::Display for Cleanup {
@@ -428,10 +428,10 @@ impl Claims {
             if Instant::now() >= deadline {
                 return Err(Error::Wait {
                     name: name.clone(),
-                    source: wait::Error::Vanishing {
+                    source: Box::new(wait::Error::Vanishing {
                         claim: name,
                         after: self.options.ready_timeout,
-                    },
+                    }),
                     cleanup: Cleanup::LeftAlone,
                 });
             }
@@ -457,7 +457,7 @@ impl Claims {
                             .await
                             .map_err(|source| Error::AwaitDeletion {
                                 name: name.clone(),
-                                source,
+                                source: Box::new(source),
                             })?;
                         continue;
                     }
@@ -482,7 +482,7 @@ impl Claims {
                         .await;
                     return Err(Error::Wait {
                         name,
-                        source,
+                        source: Box::new(source),
                         cleanup,
                     });
                 }
@@ -519,7 +519,7 @@ impl Claims {
             }
             Err(source) => {
                 tracing::warn!(claim = %name, error = %source, "deleting the claim that did not become ready failed");
-                Cleanup::DeleteFailed(source)
+                Cleanup::DeleteFailed(Box::new(source))
             }
         }
     }
@@ -610,7 +610,7 @@ impl Claims {
         .await
         .map_err(|source| Error::Wait {
             name: name.clone(),
-            source,
+            source: Box::new(source),
             cleanup: Cleanup::LeftAlone,
         })?;
         Ok(self.handle(&name, conversation_id, ready))
