@@ -283,7 +283,7 @@ async fn an_agents_refusal_is_final_and_names_the_claim_and_endpoint() {
 }
 
 #[tokio::test]
-async fn a_sandbox_that_never_becomes_ready_is_a_wait_error_with_the_last_reason() {
+async fn a_sandbox_that_never_becomes_ready_is_a_wait_error_naming_the_last_reason_in_words() {
     let runtime = ServingRuntime::new(Behaviour::Count);
     let cluster = FakeCluster::start(
         FakeClusterOptions::default()
@@ -303,7 +303,29 @@ async fn a_sandbox_that_never_becomes_ready_is_a_wait_error_with_the_last_reason
     assert!(matches!(error, SandboxAgentError::Wait { .. }), "{error:?}");
     let chain = format!("{:?}", anyhow_chain(&error));
     assert!(chain.contains("Timeout"), "{chain}");
+    let words = display_chain(&error);
+    assert!(
+        words.contains("last seen: Ready=False: DependenciesNotReady"),
+        "{words}"
+    );
+    assert!(words.contains("was deleted"), "{words}");
+    assert!(
+        !words.contains("None") && !words.contains("Some("),
+        "{words}"
+    );
     agent.close().await.unwrap();
+}
+
+/// The error and its sources as their messages (`Display`), joined by `: `.
+fn display_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn anyhow_chain(error: &dyn std::error::Error) -> Vec<String> {

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 /// Errors of [`Claims`]; each variant names the step that failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// No valid claim name could be derived (bad [`ClaimOptions::name_prefix`]).
     #[error("cannot derive a claim name")]
@@ -58,22 +59,25 @@ pub enum Error {
         name: String,
     },
     /// The claim did not become ready (the source says why: terminal reason, timeout…).
-    #[error("claim {name} did not become ready")]
+    /// The message also says what became of the claim ([`Cleanup`]).
+    #[error("claim {name} did not become ready; {cleanup}")]
     Wait {
         /// Claim name.
         name: String,
-        /// Why.
+        /// Why (boxed: it is large).
         #[source]
-        source: wait::Error,
+        source: Box<wait::Error>,
+        /// What became of the claim: deleted, kept, or left alone.
+        cleanup: Cleanup,
     },
     /// A previous claim of the same name was being deleted and did not go away in time.
     #[error("old claim {name} did not finish deleting")]
     AwaitDeletion {
         /// Claim name.
         name: String,
-        /// Why.
+        /// Why (boxed: it is large).
         #[source]
-        source: wait::Error,
+        source: Box<wait::Error>,
     },
     /// Patching the lifecycle failed.
     #[error("failed to renew claim {name}")]
@@ -104,6 +108,49 @@ impl Error {
         match self {
             Self::Wait { source, .. } => Some(source),
             _ => None,
+        }
+    }
+
+    /// What became of the claim after a failed wait ([`Error::Wait`]), if this is one.
+    pub fn cleanup(&self) -> Option<&Cleanup> {
+        match self {
+            Self::Wait { cleanup, .. } => Some(cleanup),
+            _ => None,
+        }
+    }
+}
+
+/// What [`Claims::acquire`] did with the claim after the wait failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Cleanup {
+    /// This call did not create the claim (it adopted an existing one, or it was
+    /// [`Claims::resolve`]), so it was left in place.
+    LeftAlone,
+    /// The claim this call created was deleted (uid precondition; a claim found already
+    /// gone or replaced counts as deleted).
+    Deleted,
+    /// The claim this call created was kept, as [`ClaimOptions::keep_failed_claims`] asks.
+    Kept,
+    /// The claim was being deleted already (by someone else); nothing to do.
+    AlreadyDeleting,
+    /// Deleting the claim this call created failed; it stays until its `shutdownTime`.
+    DeleteFailed(Box<kube::Error>),
+}
+
+impl std::fmt::Display for Cleanup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::LeftAlone => {
+                f.write_str("the claim was not created by this call and was left in place")
+            }
+            Self::Deleted => f.write_str("the claim this call created was deleted"),
+            Self::Kept => f.write_str("the claim this call created was kept (keep_failed_claims)"),
+            Self::AlreadyDeleting => f.write_str("the claim was already being deleted"),
+            Self::DeleteFailed(e) => write!(
+                f,
+                "deleting the claim this call created failed too ({e}); it stays until its shutdownTime"
+            ),
         }
     }
 }
@@ -196,20 +243,31 @@ impl Claims {
     ///   (annotation) is adopted; one that is being deleted is waited out, then recreated.
     /// - Readiness is observed with one watch from the create response's resourceVersion,
     ///   never by polling; requests do not grow with the time to readiness.
+    /// - No leak on failure: when this call created the claim and the wait then fails
+    ///   (deadline, terminal reason, missing pool/template, a watch that cannot resume), the
+    ///   claim is deleted with its uid as a precondition, so a claim that another party
+    ///   replaced meanwhile is never touched — unless [`ClaimOptions::keep_failed_claims`].
+    ///   An adopted claim (one this call did not create) is left alone.
     /// - Cancel-safe: dropping the future leaves at most a claim of ours, which the next
-    ///   call adopts.
+    ///   call adopts (and its `shutdownTime` bounds).
     ///
     /// # Errors
     /// [`Error::Conflict`] for a foreign claim of the same name; [`Error::Wait`] with a
     /// [`wait::Error`] for terminal reasons, missing pool/template (unless
-    /// [`ClaimOptions::keep_waiting_on_not_found`]), deletion or the deadline
-    /// ([`ClaimOptions::ready_timeout`]); [`Error::Create`]/[`Error::Get`] for API errors
-    /// that persist after the retries.
+    /// [`ClaimOptions::keep_waiting_on_not_found`]), deletion, a lost watch or the deadline
+    /// ([`ClaimOptions::ready_timeout`]; the message names the last `Ready` condition in
+    /// words, e.g. `Ready=False: SandboxNotReady: …`, or `the controller reported no
+    /// status`). [`Error::Wait`] carries a [`Cleanup`] ([`Error::cleanup`]) saying whether
+    /// the claim was deleted, kept or left alone, or that deleting it failed; the wait
+    /// failure stays the error and its [`source`](std::error::Error::source).
+    /// [`Error::AwaitDeletion`] when an old claim of that name is still being deleted at the
+    /// deadline; [`Error::Create`]/[`Error::Get`] for API errors that persist after the
+    /// retries.
     ///
     /// # Caveats
-    /// On a terminal failure the claim is left in place (for inspection); call
-    /// [`Claims::release`] to delete it. `pod_name` is the sandbox name (what current
-    /// upstream controllers use), not read from the Sandbox.
+    /// A claim whose create response was lost (the retried create finds it existing) counts
+    /// as adopted and is not deleted on failure; its `shutdownTime` bounds it. `pod_name` is
+    /// the sandbox name (what current upstream controllers use), not read from the Sandbox.
     #[tracing::instrument(skip(self), fields(namespace = %self.options.namespace, version = %self.version))]
     pub async fn acquire(&self, conversation_id: &str) -> Result<SandboxHandle, Error> {
         match self.version {
@@ -370,22 +428,19 @@ impl Claims {
             if Instant::now() >= deadline {
                 return Err(Error::Wait {
                     name: name.clone(),
-                    source: wait::Error::Timeout {
+                    source: Box::new(wait::Error::Vanishing {
                         claim: name,
                         after: self.options.ready_timeout,
-                        last_reason: None,
-                        last_message: Some(
-                            "the claim kept disappearing between create and read".into(),
-                        ),
-                    },
+                    }),
+                    cleanup: Cleanup::LeftAlone,
                 });
             }
             let desired: K = self.build(&name, conversation_id);
             let created = retry(policy, "create claim", || api.create(&pp, &desired)).await;
-            let observed = match created {
+            let (observed, created) = match created {
                 Ok(claim) => {
                     tracing::info!(claim = %name, "created claim");
-                    claim
+                    (claim, true)
                 }
                 Err(kube::Error::Api(s)) if s.is_already_exists() => {
                     let Some(existing) = self.get_opt(&api, &name).await? else {
@@ -402,16 +457,16 @@ impl Claims {
                             .await
                             .map_err(|source| Error::AwaitDeletion {
                                 name: name.clone(),
-                                source,
+                                source: Box::new(source),
                             })?;
                         continue;
                     }
                     tracing::info!(claim = %name, "adopting our existing claim");
-                    self.renew_if_stale(&api, &name, &existing).await?
+                    (self.renew_if_stale(&api, &name, &existing).await?, false)
                 }
                 Err(source) => return Err(Error::Create { name, source }),
             };
-            let ready = wait_ready(
+            let ready = match wait_ready(
                 &api,
                 &observed,
                 deadline,
@@ -419,12 +474,53 @@ impl Claims {
                 policy,
             )
             .await
-            .map_err(|source| Error::Wait {
-                name: name.clone(),
-                source,
-            })?;
+            {
+                Ok(ready) => ready,
+                Err(source) => {
+                    let cleanup = self
+                        .clean_up_failed(&api, &name, &observed, created, &source)
+                        .await;
+                    return Err(Error::Wait {
+                        name,
+                        source: Box::new(source),
+                        cleanup,
+                    });
+                }
+            };
             tracing::info!(claim = %name, sandbox = %ready.sandbox_name, ip = %ready.pod_ip, "sandbox ready");
             return Ok(self.handle(&name, conversation_id, ready));
+        }
+    }
+
+    /// After a failed wait: deletes the claim this call created (uid precondition) unless
+    /// [`ClaimOptions::keep_failed_claims`]; leaves an adopted one alone.
+    async fn clean_up_failed<K: ClaimResource>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        observed: &K,
+        created: bool,
+        failure: &wait::Error,
+    ) -> Cleanup {
+        if !created {
+            return Cleanup::LeftAlone;
+        }
+        if matches!(failure, wait::Error::Deleted { .. }) {
+            return Cleanup::AlreadyDeleting;
+        }
+        if self.options.keep_failed_claims {
+            tracing::info!(claim = %name, error = %failure, "keeping the failed claim");
+            return Cleanup::Kept;
+        }
+        match self.delete_precondition(api, name, observed.uid()).await {
+            Ok(()) => {
+                tracing::info!(claim = %name, error = %failure, "deleted the claim that did not become ready");
+                Cleanup::Deleted
+            }
+            Err(source) => {
+                tracing::warn!(claim = %name, error = %source, "deleting the claim that did not become ready failed");
+                Cleanup::DeleteFailed(Box::new(source))
+            }
         }
     }
 
@@ -514,7 +610,8 @@ impl Claims {
         .await
         .map_err(|source| Error::Wait {
             name: name.clone(),
-            source,
+            source: Box::new(source),
+            cleanup: Cleanup::LeftAlone,
         })?;
         Ok(self.handle(&name, conversation_id, ready))
     }
@@ -543,6 +640,21 @@ impl Claims {
         name: &str,
         uid: Option<String>,
     ) -> Result<(), Error> {
+        self.delete_precondition(api, name, uid)
+            .await
+            .map_err(|source| Error::Delete {
+                name: name.to_owned(),
+                source,
+            })
+    }
+
+    /// [`Claims::delete_claim`] with the bare API error.
+    async fn delete_precondition<K: ClaimResource>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        uid: Option<String>,
+    ) -> Result<(), kube::Error> {
         let dp = DeleteParams {
             propagation_policy: Some(match self.options.propagation {
                 Propagation::Background => PropagationPolicy::Background,
@@ -561,16 +673,13 @@ impl Claims {
         .await
         {
             Ok(_) => {
-                tracing::info!(claim = %name, "released claim");
+                tracing::info!(claim = %name, "deleted claim");
                 Ok(())
             }
             Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
             // A failed uid precondition means our object is gone already.
             Err(kube::Error::Api(s)) if s.is_conflict() => Ok(()),
-            Err(source) => Err(Error::Delete {
-                name: name.to_owned(),
-                source,
-            }),
+            Err(source) => Err(source),
         }
     }
 }

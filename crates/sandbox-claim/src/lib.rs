@@ -41,7 +41,7 @@ pub mod wait;
 pub mod testing;
 
 pub use api_version::{ApiVersion, VersionSelection};
-pub use claim::{Claims, Error};
+pub use claim::{Claims, Cleanup, Error};
 pub use handle::{ConversationRef, SandboxHandle};
 pub use options::{ClaimOptions, Propagation};
 pub use retry::RetryPolicy;

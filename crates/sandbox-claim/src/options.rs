@@ -37,6 +37,10 @@ pub struct ClaimOptions {
     /// Keep waiting on `WarmPoolNotFound` / `TemplateNotFound` (the controller retries
     /// them) instead of failing at once.
     pub keep_waiting_on_not_found: bool,
+    /// Keep a claim that [`crate::Claims::acquire`] created when it then fails (deadline,
+    /// terminal reason, lost watch), e.g. to inspect it; by default it is deleted. Claims
+    /// that acquire adopted are never deleted by it.
+    pub keep_failed_claims: bool,
     /// Which API version to speak.
     pub api_version: VersionSelection,
     /// `fieldManager` of every write.
@@ -61,6 +65,9 @@ impl Default for ClaimOptions {
             propagation: Propagation::Background,
             // The Python SDK fails fast on these; so do we by default.
             keep_waiting_on_not_found: false,
+            // A failed acquire gives back what it made: the caller gets an error, not a
+            // sandbox, and should not have to release what it never received.
+            keep_failed_claims: false,
             api_version: VersionSelection::Auto,
             field_manager: "sandbox-claim".into(),
             retry: RetryPolicy::default(),
@@ -122,6 +129,13 @@ impl ClaimOptions {
     #[must_use]
     pub fn keep_waiting_on_not_found(mut self, keep: bool) -> Self {
         self.keep_waiting_on_not_found = keep;
+        self
+    }
+
+    /// Sets [`ClaimOptions::keep_failed_claims`].
+    #[must_use]
+    pub fn keep_failed_claims(mut self, keep: bool) -> Self {
+        self.keep_failed_claims = keep;
         self
     }
 

@@ -80,4 +80,16 @@ mod tests {
             assert_eq!(classify(r), ReasonClass::Transient, "{r}");
         }
     }
+
+    #[test]
+    fn agent_sandbox_v1_0_failure_reasons_are_terminal() {
+        for r in ["InvalidConfiguration", "PodFailed", "PodSucceeded"] {
+            assert_eq!(classify(r), ReasonClass::Terminal, "{r}");
+        }
+    }
+
+    #[test]
+    fn agent_sandbox_v1_0_adoption_pending_is_transient() {
+        assert_eq!(classify("AdoptionPending"), ReasonClass::Transient);
+    }
 }

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 /// Why waiting for a claim ended without a ready sandbox.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// `Ready=False` with a reason after which the sandbox will not become ready.
     #[error("claim {claim} failed with reason {reason}: {message}")]
@@ -50,19 +51,37 @@ pub enum Error {
         /// Claim name.
         claim: String,
     },
-    /// The deadline passed.
-    #[error(
-        "claim {claim} not ready after {after:?}; last reason {last_reason:?}, message {last_message:?}"
-    )]
+    /// The deadline passed before the claim was ready. The message says what was seen
+    /// last: `the controller reported no status`, or `Ready=False: <reason>: <message>`.
+    #[error("claim {claim} not ready after {}; last seen: {}", seconds(*.after), last_seen(.last_status.as_deref(), .last_reason.as_deref(), .last_message.as_deref()))]
     Timeout {
         /// Claim name.
         claim: String,
         /// How long we waited.
         after: Duration,
+        /// Status (`True`/`False`/`Unknown`) of the last `Ready` condition seen, if any.
+        last_status: Option<String>,
         /// Last `Ready` reason seen, if any.
         last_reason: Option<String>,
         /// Last `Ready` message seen, if any.
         last_message: Option<String>,
+    },
+    /// The deadline passed while a previous claim of the same name was still being deleted.
+    #[error("claim {claim} was still being deleted after {}", seconds(*.after))]
+    StillDeleting {
+        /// Claim name.
+        claim: String,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The deadline passed while the claim kept disappearing between our create and read
+    /// (someone else deletes it as fast as we make it).
+    #[error("claim {claim} kept disappearing between create and read for {}", seconds(*.after))]
+    Vanishing {
+        /// Claim name.
+        claim: String,
+        /// How long we tried.
+        after: Duration,
     },
     /// Starting or re-listing the watch failed with a non-transient error.
     #[error("watching claim {claim} failed")]
@@ -73,6 +92,31 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+}
+
+/// A duration in words for messages: `2.5s`.
+fn seconds(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// The last `Ready` condition in words: `the controller reported no status` when none was
+/// seen, else `Ready=<status>: <reason>: <message>` (empty parts left out).
+pub(crate) fn last_seen(
+    status: Option<&str>,
+    reason: Option<&str>,
+    message: Option<&str>,
+) -> String {
+    let parts: Vec<&str> = [reason, message]
+        .into_iter()
+        .flatten()
+        .filter(|p| !p.is_empty())
+        .collect();
+    match status {
+        None if parts.is_empty() => "the controller reported no status".to_owned(),
+        None => format!("Ready condition without a status: {}", parts.join(": ")),
+        Some(status) if parts.is_empty() => format!("Ready={status}"),
+        Some(status) => format!("Ready={status}: {}", parts.join(": ")),
+    }
 }
 
 /// Where a ready claim's sandbox is.
@@ -87,6 +131,7 @@ pub struct Ready {
 /// The last `Ready` reason and message seen, for the timeout error.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct LastSeen {
+    status: Option<String>,
     reason: Option<String>,
     message: Option<String>,
 }
@@ -117,6 +162,7 @@ pub(crate) fn evaluate<K: ClaimResource>(
     if last.reason.as_deref() != Some(ready.reason.as_str()) {
         tracing::debug!(claim = %name, status = %ready.status, reason = %ready.reason, message = %ready.message, "claim Ready condition");
     }
+    last.status = Some(ready.status.clone());
     last.reason = Some(ready.reason.clone());
     last.message = Some(ready.message.clone());
     if ready.status == "True" {
@@ -330,6 +376,7 @@ pub(crate) async fn wait_ready<K: ClaimResource>(
         Err(_elapsed) => Err(Error::Timeout {
             claim: name.clone(),
             after: started.elapsed(),
+            last_status: last.status,
             last_reason: last.reason,
             last_message: last.message,
         }),
@@ -359,11 +406,9 @@ pub(crate) async fn wait_deleted<K: ClaimResource>(
     )
     .await;
     watched.unwrap_or_else(|_| {
-        Err(Error::Timeout {
+        Err(Error::StillDeleting {
             claim: name.to_owned(),
             after: started.elapsed(),
-            last_reason: Some("Deleting".into()),
-            last_message: Some("the previous claim of this name is still being deleted".into()),
         })
     })
 }
@@ -445,5 +490,75 @@ mod tests {
             jiff::Timestamp::now(),
         ));
         assert!(matches!(judge(&c, false), Err(Error::Deleted { .. })));
+    }
+
+    fn timeout(status: Option<&str>, reason: Option<&str>, message: Option<&str>) -> String {
+        Error::Timeout {
+            claim: "c".into(),
+            after: Duration::from_millis(2500),
+            last_status: status.map(Into::into),
+            last_reason: reason.map(Into::into),
+            last_message: message.map(Into::into),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn a_timeout_without_a_condition_says_the_controller_reported_no_status() {
+        let text = timeout(None, None, None);
+        assert_eq!(
+            text,
+            "claim c not ready after 2.5s; last seen: the controller reported no status"
+        );
+    }
+
+    #[test]
+    fn a_timeout_names_the_last_condition_in_words_never_as_options() {
+        let text = timeout(Some("False"), Some("SandboxNotReady"), Some("pod pending"));
+        assert_eq!(
+            text,
+            "claim c not ready after 2.5s; last seen: Ready=False: SandboxNotReady: pod pending"
+        );
+        assert_eq!(
+            timeout(Some("True"), Some("DependenciesReady"), Some("")),
+            "claim c not ready after 2.5s; last seen: Ready=True: DependenciesReady"
+        );
+        for text in [
+            timeout(None, None, None),
+            timeout(Some("False"), Some("X"), None),
+        ] {
+            assert!(!text.contains("None") && !text.contains("Some("), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_last_condition_seen_is_remembered_with_its_status() {
+        let c = claim(&ready_cond("False", "SandboxNotReady"));
+        let mut last = LastSeen::default();
+        let _ = evaluate(&c, false, &mut last);
+        assert_eq!(
+            last_seen(
+                last.status.as_deref(),
+                last.reason.as_deref(),
+                last.message.as_deref()
+            ),
+            "Ready=False: SandboxNotReady: m"
+        );
+    }
+
+    #[test]
+    fn waits_that_end_at_the_deadline_for_other_causes_say_so_in_words() {
+        let text = Error::StillDeleting {
+            claim: "c".into(),
+            after: Duration::from_secs(3),
+        }
+        .to_string();
+        assert_eq!(text, "claim c was still being deleted after 3.0s");
+        let text = Error::Vanishing {
+            claim: "c".into(),
+            after: Duration::from_secs(3),
+        }
+        .to_string();
+        assert!(text.contains("kept disappearing"), "{text}");
     }
 }

@@ -10,7 +10,7 @@ use sandbox_claim::testing::{
 use sandbox_claim::types::v1beta1;
 use sandbox_claim::wait::Error as WaitError;
 use sandbox_claim::{
-    ApiVersion, ClaimOptions, Claims, Error, RetryPolicy, VersionSelection, labels, naming,
+    ApiVersion, ClaimOptions, Claims, Cleanup, Error, RetryPolicy, VersionSelection, labels, naming,
 };
 use std::time::Duration;
 
@@ -310,7 +310,21 @@ async fn every_terminal_reason_fails_fast() {
             other => panic!("{reason}: {other:?}"),
         }
         assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            matches!(err.cleanup(), Some(Cleanup::Deleted)),
+            "{reason}: {err:?}"
+        );
     }
+    assert_eq!(
+        claim_api(&cluster)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        0,
+        "every claim that failed on a terminal reason was deleted"
+    );
 }
 
 #[tokio::test]
@@ -369,6 +383,183 @@ async fn the_deadline_error_names_the_last_reason() {
         }
         other => panic!("{other:?}"),
     }
+    let text = chain(&err);
+    assert!(
+        text.contains("Ready=False: DependenciesNotReady: Pod exists with phase: Pending"),
+        "{text}"
+    );
+    assert!(!text.contains("None") && !text.contains("Some("), "{text}");
+}
+
+/// An error and its sources, in words (`Display`), joined by `: `.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+async fn claim_count(cluster: &FakeCluster) -> usize {
+    claim_api(cluster)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .len()
+}
+
+/// A cluster whose cold sandboxes never turn ready (manual mode, no permits).
+async fn never_ready_cluster() -> FakeCluster {
+    cluster_with(
+        FakeClusterOptions::default().ready_mode(ReadyMode::Manual),
+        Some(0),
+    )
+    .await
+}
+
+fn impatient() -> ClaimOptions {
+    options().ready_timeout(Duration::from_millis(600))
+}
+
+#[tokio::test]
+async fn an_acquire_that_times_out_deletes_the_claim_it_created() {
+    let cluster = never_ready_cluster().await;
+    let claims = claims(&cluster, impatient()).await;
+    let err = claims.acquire("times-out").await.unwrap_err();
+    assert!(
+        matches!(wait_error(&err), WaitError::Timeout { .. }),
+        "the original failure stays the error: {err:?}"
+    );
+    assert!(matches!(err.cleanup(), Some(Cleanup::Deleted)), "{err:?}");
+    assert!(
+        std::error::Error::source(&err).is_some_and(|s| s.to_string().contains("not ready after"))
+    );
+    assert!(err.to_string().contains("was deleted"), "{err}");
+    assert_eq!(claim_count(&cluster).await, 0);
+}
+
+#[tokio::test]
+async fn an_acquire_that_times_out_keeps_the_claim_when_asked_to() {
+    let cluster = never_ready_cluster().await;
+    let claims = claims(&cluster, impatient().keep_failed_claims(true)).await;
+    let err = claims.acquire("kept").await.unwrap_err();
+    assert!(
+        matches!(wait_error(&err), WaitError::Timeout { .. }),
+        "{err:?}"
+    );
+    assert!(matches!(err.cleanup(), Some(Cleanup::Kept)), "{err:?}");
+    assert!(err.to_string().contains("was kept"), "{err}");
+    assert_eq!(claim_count(&cluster).await, 1);
+}
+
+#[tokio::test]
+async fn a_terminal_reason_deletes_the_claim_acquire_created() {
+    let cluster = cold_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    cluster
+        .controller()
+        .fail_next("InvalidConfiguration", "Service is invalid");
+    let err = claims.acquire("invalid").await.unwrap_err();
+    assert!(
+        matches!(wait_error(&err), WaitError::Terminal { reason, .. } if reason == "InvalidConfiguration"),
+        "{err:?}"
+    );
+    assert!(matches!(err.cleanup(), Some(Cleanup::Deleted)), "{err:?}");
+    assert_eq!(claim_count(&cluster).await, 0);
+}
+
+#[tokio::test]
+async fn an_adopted_claim_that_times_out_is_left_in_place() {
+    let cluster = never_ready_cluster().await;
+    // Another party (here: an acquire that keeps its failures) made the claim.
+    let first = claims(&cluster, impatient().keep_failed_claims(true)).await;
+    first.acquire("adopted").await.unwrap_err();
+    let name = first.claim_name("adopted").unwrap();
+    let api = claim_api(&cluster);
+    let uid = api.get(&name).await.unwrap().uid();
+
+    let second = claims(&cluster, impatient()).await;
+    let err = second.acquire("adopted").await.unwrap_err();
+    assert!(
+        matches!(wait_error(&err), WaitError::Timeout { .. }),
+        "{err:?}"
+    );
+    assert!(matches!(err.cleanup(), Some(Cleanup::LeftAlone)), "{err:?}");
+    assert!(err.to_string().contains("left in place"), "{err}");
+    assert_eq!(
+        api.get_opt(&name).await.unwrap().map(|c| c.uid()),
+        Some(uid),
+        "the adopted claim is still there, unchanged"
+    );
+}
+
+#[tokio::test]
+async fn a_timeout_without_any_status_says_the_controller_reported_no_status() {
+    let cluster = never_ready_cluster().await;
+    let claims = claims(&cluster, impatient()).await;
+    let name = claims.claim_name("mute").unwrap();
+    // The controller cannot write this claim's status.
+    cluster.server().inject(
+        Fault::status(403, "Forbidden")
+            .verb(Verb::Patch)
+            .resource("sandboxclaims/status")
+            .name(&name),
+    );
+    let err = claims.acquire("mute").await.unwrap_err();
+    let text = chain(&err);
+    assert!(
+        text.contains("last seen: the controller reported no status"),
+        "{text}"
+    );
+    assert!(!text.contains("None") && !text.contains("Some("), "{text}");
+    assert_eq!(claim_count(&cluster).await, 0);
+}
+
+#[tokio::test]
+async fn a_watch_that_cannot_resume_deletes_the_claim_acquire_created() {
+    let cluster = never_ready_cluster().await;
+    let claims = claims(&cluster, impatient()).await;
+    cluster.server().inject(
+        Fault::status(403, "Forbidden")
+            .verb(Verb::Watch)
+            .resource("sandboxclaims")
+            .times(1),
+    );
+    let err = claims.acquire("blind").await.unwrap_err();
+    assert!(
+        matches!(wait_error(&err), WaitError::Watch { .. }),
+        "{err:?}"
+    );
+    assert!(matches!(err.cleanup(), Some(Cleanup::Deleted)), "{err:?}");
+    assert_eq!(claim_count(&cluster).await, 0);
+}
+
+#[tokio::test]
+async fn a_failed_cleanup_delete_does_not_mask_the_timeout() {
+    let cluster = never_ready_cluster().await;
+    let claims = claims(&cluster, impatient()).await;
+    let name = claims.claim_name("sticky").unwrap();
+    cluster.server().inject(
+        Fault::status(403, "Forbidden")
+            .verb(Verb::Delete)
+            .resource("sandboxclaims")
+            .name(&name),
+    );
+    let err = claims.acquire("sticky").await.unwrap_err();
+    assert!(
+        matches!(wait_error(&err), WaitError::Timeout { .. }),
+        "the timeout stays the error: {err:?}"
+    );
+    assert!(
+        matches!(err.cleanup(), Some(Cleanup::DeleteFailed(_))),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("deleting the claim"), "{err}");
+    assert_eq!(claim_count(&cluster).await, 1);
 }
 
 #[tokio::test]
