@@ -16,13 +16,6 @@ use crate::{
     options::{ConnectionMode, SandboxAgentOptions},
 };
 
-/// Headers the agent-sandbox router picks the sandbox by. The pod IP matters
-/// because warm sandboxes have no Service of their own.
-const ROUTER_SANDBOX_ID: &str = "x-sandbox-id";
-const ROUTER_SANDBOX_NAMESPACE: &str = "x-sandbox-namespace";
-const ROUTER_SANDBOX_PORT: &str = "x-sandbox-port";
-const ROUTER_SANDBOX_POD_IP: &str = "x-sandbox-pod-ip";
-
 /// A conversation's sandbox, once resolved.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
@@ -33,8 +26,7 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    /// A client for the agent of `handle`: at `podIP:port`, or through the
-    /// router with the headers that name the sandbox.
+    /// A client for the agent of `handle`, at `podIP:port`.
     pub(crate) fn new(
         handle: SandboxHandle,
         options: &SandboxAgentOptions,
@@ -42,19 +34,6 @@ impl Endpoint {
         let pod = SocketAddr::new(handle.pod_ip, options.port);
         let (address, client_options) = match &options.connection {
             ConnectionMode::Direct => (format!("http://{pod}"), options.client.clone()),
-            ConnectionMode::Router { url } => {
-                let mut client = options.client.clone();
-                client.metadata.extend([
-                    (ROUTER_SANDBOX_ID.to_owned(), handle.sandbox_name.clone()),
-                    (
-                        ROUTER_SANDBOX_NAMESPACE.to_owned(),
-                        handle.namespace.clone(),
-                    ),
-                    (ROUTER_SANDBOX_PORT.to_owned(), options.port.to_string()),
-                    (ROUTER_SANDBOX_POD_IP.to_owned(), handle.pod_ip.to_string()),
-                ]);
-                (url.clone(), client)
-            }
         };
         let client =
             AgentClient::new(options.protocol, &address, client_options).map_err(|source| {

@@ -11,7 +11,7 @@
 //! 2. [`AgentSandboxAgent::connect`] for a conversation's first execution
 //!    claims a sandbox (or adopts the claim this controller made before a
 //!    restart), waits until it is Ready, and calls the agent at `podIP:port`
-//!    (or through the agent-sandbox router).
+//!    (the agent-sandbox router cannot carry gRPC, so there is no router mode).
 //! 3. Later executions of the conversation reuse the endpoint without waiting
 //!    again; the claim's lifetime is renewed while the conversation is active.
 //! 4. [`AgentSandboxAgent::release`] gives the sandbox back when the

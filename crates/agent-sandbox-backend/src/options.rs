@@ -17,7 +17,7 @@ pub struct SandboxAgentOptions {
     pub port: u16,
     /// Which AXP dialect the agent is spoken to in.
     pub protocol: Protocol,
-    /// Direct to the pod IP, or through the router.
+    /// How the agent is reached (direct to the pod IP).
     pub connection: ConnectionMode,
     /// Keep the sandbox for the conversation, or release after each execution.
     pub release: ReleasePolicy,
@@ -51,13 +51,10 @@ impl Default for SandboxAgentOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectionMode {
     /// Straight to `podIP:port` (in-cluster, where NetworkPolicy allows it).
+    ///
+    /// There is no router mode: the upstream sandbox-router speaks HTTP/1 to
+    /// sandboxes and cannot carry AXP's gRPC (agent-sandbox#1597).
     Direct,
-    /// Through the agent-sandbox router at `url`, which forwards by the
-    /// `X-Sandbox-*` headers (the default NetworkPolicy admits only the router).
-    Router {
-        /// Base URL, e.g. `http://sandbox-router-svc.agent-sandbox-system.svc:8080`.
-        url: String,
-    },
 }
 
 /// When a conversation's sandbox is given back.
