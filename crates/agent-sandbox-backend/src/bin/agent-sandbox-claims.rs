@@ -192,11 +192,10 @@ impl CliError {
     fn exit_code(&self) -> ExitCode {
         match self {
             Self::NotFound { .. } => ExitCode::from(3),
-            Self::Renew { source, .. }
-                if matches!(source, sandbox_claim::Error::NotFound { .. }) =>
-            {
-                ExitCode::from(3)
-            }
+            Self::Renew {
+                source: sandbox_claim::Error::NotFound { .. },
+                ..
+            } => ExitCode::from(3),
             _ => ExitCode::FAILURE,
         }
     }
