@@ -267,7 +267,7 @@ async fn an_idle_conversations_claim_expires_with_its_ttl_and_its_agent_is_stopp
     // Long enough for a cold start on a busy machine (a container, on the Docker runtime),
     // short enough to watch it run out.
     let agent = pipeline.backend("      ttl: 8s\n").await.unwrap();
-    run(&agent, "conv", "e1", planner_call("x = 1"))
+    let (_, first) = run(&agent, "conv", "e1", planner_call("x = 1"))
         .await
         .unwrap();
     assert_eq!(pipeline.claims(), 1);
@@ -283,6 +283,7 @@ async fn an_idle_conversations_claim_expires_with_its_ttl_and_its_agent_is_stopp
         .await
         .unwrap();
     assert!(report.re_resolved, "the stale endpoint was noticed");
+    assert_ne!(report.sandbox.pod_ip, first.sandbox.pod_ip, "a new sandbox");
     assert!(text.contains("NameError"), "{text}");
     agent.close().await.unwrap();
 }

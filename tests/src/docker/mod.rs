@@ -177,22 +177,35 @@ impl DockerRuntime {
     /// Kills a pod's container as a crash would (SIGKILL), leaving the Sandbox as it is.
     /// Returns whether the pod was running.
     pub async fn crash(&self, pod_name: &str) -> bool {
-        let container = {
-            let mut pods = self.pods.lock().expect("pod map poisoned");
-            let key = pods.keys().find(|(_, pod)| pod == pod_name).cloned();
-            key.and_then(|key| pods.remove(&key))
+        let found = {
+            let pods = self.pods.lock().expect("pod map poisoned");
+            pods.iter()
+                .find(|((_, pod), _)| pod == pod_name)
+                .map(|(key, (container, _))| (key.clone(), container.clone()))
         };
-        match container {
-            Some((container, ip)) => {
+        match found {
+            Some((key, container)) => {
                 let _ = self.docker.kill_container(&container, None).await;
                 remove_container(&self.docker, &container).await;
-                self.addresses
-                    .lock()
-                    .expect("address pool poisoned")
-                    .free(ip);
+                self.forget(&key, &container);
                 true
             }
             None => false,
+        }
+    }
+
+    /// Drops a removed container from the pod map and frees its address, once: only the
+    /// caller that finds it still mapped to `container` frees the address, so a concurrent
+    /// stop never frees an address a newer pod holds.
+    fn forget(&self, key: &(String, String), container: &str) {
+        let mut pods = self.pods.lock().expect("pod map poisoned");
+        if pods.get(key).is_some_and(|(id, _)| id == container)
+            && let Some((_, ip)) = pods.remove(key)
+        {
+            self.addresses
+                .lock()
+                .expect("address pool poisoned")
+                .free(ip);
         }
     }
 
@@ -371,17 +384,18 @@ impl PodRuntime for DockerRuntime {
 
     fn stop<'a>(&'a self, namespace: &'a str, pod_name: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
+            let key = (namespace.to_owned(), pod_name.to_owned());
             let container = self
                 .pods
                 .lock()
                 .expect("pod map poisoned")
-                .remove(&(namespace.to_owned(), pod_name.to_owned()));
-            if let Some((container, ip)) = container {
+                .get(&key)
+                .cloned();
+            if let Some((container, _)) = container {
+                // Counted as running until the engine has removed it: a test that waits for
+                // `running() == 0` must not then reach a container that still answers.
                 remove_container(&self.docker, &container).await;
-                self.addresses
-                    .lock()
-                    .expect("address pool poisoned")
-                    .free(ip);
+                self.forget(&key, &container);
             }
         })
     }
