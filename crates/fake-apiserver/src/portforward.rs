@@ -30,6 +30,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use crate::fault::{FaultAction, RequestFacts};
 use crate::requests::Verb;
 use crate::server::{Body, Shared, error_response, parse_query};
 use crate::status::ApiError;
@@ -63,6 +64,24 @@ fn upgrade(
     let pod_ip = {
         let mut state = shared.lock();
         state.requests.record(Verb::Get, "pods/portforward");
+        // Status faults apply (a 403 as without RBAC for `pods/portforward`); others do not.
+        let decision = state.faults.decide(&RequestFacts {
+            verb: Verb::Get,
+            resource: "pods",
+            subresource: Some("portforward"),
+            name: Some(name),
+            has_resource_version: false,
+        });
+        if let Some(FaultAction::Status {
+            code,
+            reason,
+            retry_after_secs,
+        }) = decision.action
+        {
+            let mut err = ApiError::new(code, &reason, format!("injected fault: {reason}"));
+            err.retry_after_secs = retry_after_secs;
+            return Err(err);
+        }
         let key = (String::new(), "pods".to_owned());
         let pod = state
             .store

@@ -255,19 +255,33 @@ impl<'a> EntryFields<'a> {
         enum Mode {
             Direct,
             Router,
+            PortForward,
         }
         let default_mode = match defaults.connection {
             ConnectionMode::Direct => Mode::Direct,
             ConnectionMode::Router { .. } => Mode::Router,
+            ConnectionMode::PortForward => Mode::PortForward,
         };
         let mode = self.one_of(
             "connection",
-            &[("direct", Mode::Direct), ("router", Mode::Router)],
+            &[
+                ("direct", Mode::Direct),
+                ("router", Mode::Router),
+                ("port-forward", Mode::PortForward),
+            ],
             default_mode,
         );
         let router_url = self.string("router_url");
         let connection = match (mode, router_url) {
             (Mode::Direct, _) => ConnectionMode::Direct,
+            (Mode::PortForward, None) => ConnectionMode::PortForward,
+            (Mode::PortForward, Some(_)) => {
+                self.problem(
+                    "router_url",
+                    "is only used with connection: router; connection: port-forward reaches the pod through the API server",
+                );
+                ConnectionMode::PortForward
+            }
             (Mode::Router, Some(url))
                 if url.starts_with("http://") || url.starts_with("https://") =>
             {
