@@ -18,13 +18,6 @@ use crate::{
     portforward::Tunnel,
 };
 
-/// Headers the agent-sandbox router picks the sandbox by. The pod IP matters
-/// because warm sandboxes have no Service of their own.
-const ROUTER_SANDBOX_ID: &str = "x-sandbox-id";
-const ROUTER_SANDBOX_NAMESPACE: &str = "x-sandbox-namespace";
-const ROUTER_SANDBOX_PORT: &str = "x-sandbox-port";
-const ROUTER_SANDBOX_POD_IP: &str = "x-sandbox-pod-ip";
-
 /// A conversation's sandbox, once resolved.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
@@ -39,8 +32,8 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    /// A client for the agent of `handle`: at `podIP:port`, or through the
-    /// router with the headers that name the sandbox.
+    /// A client for the agent of `handle`: at `podIP:port`, or at the local end of a
+    /// port-forward to its pod.
     ///
     /// With `port-forward`, the tunnel's local listener is opened here (on `kube`).
     pub(crate) fn new(
@@ -69,20 +62,6 @@ impl Endpoint {
                 reached = Reached::PortForward { local };
                 tunnel = Some(opened);
                 (format!("http://{local}"), options.client.clone())
-            }
-            ConnectionMode::Router { url } => {
-                let mut client = options.client.clone();
-                client.metadata.extend([
-                    (ROUTER_SANDBOX_ID.to_owned(), handle.sandbox_name.clone()),
-                    (
-                        ROUTER_SANDBOX_NAMESPACE.to_owned(),
-                        handle.namespace.clone(),
-                    ),
-                    (ROUTER_SANDBOX_PORT.to_owned(), options.port.to_string()),
-                    (ROUTER_SANDBOX_POD_IP.to_owned(), handle.pod_ip.to_string()),
-                ]);
-                reached = Reached::Router;
-                (url.clone(), client)
             }
         };
         let client =

@@ -38,8 +38,8 @@ pub struct ExecutionReport {
     pub re_resolved: bool,
     /// How the agent was reached (the connection mode, and for a port-forward its local end).
     pub reached: Reached,
-    /// The address the AXP client called (`http://podIP:port`, the router's URL, or the
-    /// port-forward's `http://127.0.0.1:port`).
+    /// The address the AXP client called (`http://podIP:port`, or the port-forward's
+    /// `http://127.0.0.1:port`).
     pub endpoint: String,
 }
 
@@ -49,8 +49,6 @@ pub struct ExecutionReport {
 pub enum Reached {
     /// At `podIP:port` (connection `direct`).
     Direct,
-    /// Through the agent-sandbox router (connection `router`).
-    Router,
     /// Through the conversation's port-forward to the pod (connection `port-forward`),
     /// whose local listener the client dialled.
     PortForward {
@@ -60,11 +58,10 @@ pub enum Reached {
 }
 
 impl Reached {
-    /// The connection mode's `ax.yaml` name (`direct`, `router`, `port-forward`).
+    /// The connection mode's `ax.yaml` name (`direct`, `port-forward`).
     pub fn mode(&self) -> &'static str {
         match self {
             Self::Direct => "direct",
-            Self::Router => "router",
             Self::PortForward { .. } => "port-forward",
         }
     }

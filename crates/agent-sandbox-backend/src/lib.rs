@@ -12,7 +12,8 @@
 //!    claims a sandbox (or adopts the claim this controller made before a
 //!    restart), waits until it is Ready, and calls the agent at `podIP:port`
 //!    (connection `direct`, from inside the cluster) or through a port-forward to
-//!    its pod (connection `port-forward`, from outside the cluster).
+//!    its pod (connection `port-forward`, from outside the cluster); the
+//!    agent-sandbox router cannot carry gRPC, so there is no router mode.
 //! 3. Later executions of the conversation reuse the endpoint without waiting
 //!    again; the claim's lifetime is renewed while the conversation is active.
 //! 4. [`AgentSandboxAgent::release`] gives the sandbox back when the

@@ -17,7 +17,7 @@ pub struct SandboxAgentOptions {
     pub port: u16,
     /// Which AXP dialect the agent is spoken to in.
     pub protocol: Protocol,
-    /// Direct to the pod IP, through the router, or through a port-forward to the pod.
+    /// How the agent is reached: direct to the pod IP, or through a port-forward to the pod.
     pub connection: ConnectionMode,
     /// Keep the sandbox for the conversation, or release after each execution.
     pub release: ReleasePolicy,
@@ -51,13 +51,10 @@ impl Default for SandboxAgentOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectionMode {
     /// Straight to `podIP:port` (in-cluster, where NetworkPolicy allows it).
+    ///
+    /// There is no router mode: the upstream sandbox-router speaks HTTP/1 to
+    /// sandboxes and cannot carry AXP's gRPC (agent-sandbox#1597).
     Direct,
-    /// Through the agent-sandbox router at `url`, which forwards by the
-    /// `X-Sandbox-*` headers (the default NetworkPolicy admits only the router).
-    Router {
-        /// Base URL, e.g. `http://sandbox-router-svc.agent-sandbox-system.svc:8080`.
-        url: String,
-    },
     /// Through a Kubernetes port-forward to the agent's port in the sandbox's pod
     /// (`pods/{name}/portforward` on the API server), for controllers outside the cluster
     /// (a laptop against GKE) where pod IPs are not routable. One local listener on
@@ -68,11 +65,10 @@ pub enum ConnectionMode {
 }
 
 impl ConnectionMode {
-    /// The name `ax.yaml` gives the mode (`direct`, `router`, `port-forward`).
+    /// The name `ax.yaml` gives the mode (`direct`, `port-forward`).
     pub fn name(&self) -> &'static str {
         match self {
             Self::Direct => "direct",
-            Self::Router { .. } => "router",
             Self::PortForward => "port-forward",
         }
     }

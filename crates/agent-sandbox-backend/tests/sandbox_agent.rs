@@ -13,7 +13,7 @@ use agent_sandbox_backend::{
 use axp_transport::content;
 use sandbox_claim::{
     Claims,
-    testing::{FakeCluster, FakeClusterOptions, PodRequest, PodRuntime, ReadyMode, Verb},
+    testing::{FakeCluster, FakeClusterOptions, ReadyMode, Verb},
 };
 use support::{
     Behaviour, POOL, PORT, ServingRuntime, TEMPLATE, backend, claims_left, options, run, setup,
@@ -370,25 +370,10 @@ async fn a_long_execution_renews_the_claims_lifetime() {
 }
 
 #[tokio::test]
-async fn router_mode_sends_the_sandbox_headers_to_the_router() {
+async fn direct_mode_dials_the_pod_ip_without_router_headers() {
     let setup = setup(Behaviour::Count, 0).await;
-    // A stand-in router: an AXP server that records the headers it is given.
-    let router = ServingRuntime::new(Behaviour::Count);
-    let request = PodRequest {
-        namespace: "router".into(),
-        sandbox_name: "router".into(),
-        pod_name: "router".into(),
-        template: None,
-        warm_pool: None,
-        pod_template: serde_json::Value::Null,
-    };
-    let router_pod = router.start(&request).await.unwrap();
-    let options = SandboxAgentOptions {
-        connection: ConnectionMode::Router {
-            url: format!("http://{}:{PORT}", router_pod.ip),
-        },
-        ..options(&setup.cluster)
-    };
+    let options = options(&setup.cluster);
+    assert_eq!(options.connection, ConnectionMode::Direct);
     let agent = AgentSandboxAgent::new(setup.cluster.client(), options)
         .await
         .unwrap();
@@ -397,15 +382,13 @@ async fn router_mode_sends_the_sandbox_headers_to_the_router() {
         .connect("conv", "e1", start(), |b| seen.extend(b))
         .await
         .unwrap();
-    let headers = router.metadata.lock().unwrap()[0].clone();
-    assert_eq!(headers["x-sandbox-id"], report.sandbox.sandbox_name);
-    assert_eq!(headers["x-sandbox-namespace"], setup.cluster.namespace());
-    assert_eq!(headers["x-sandbox-port"], PORT.to_string());
-    assert_eq!(
-        headers["x-sandbox-pod-ip"],
-        report.sandbox.pod_ip.to_string()
-    );
+    assert!(report.sandbox.pod_ip.is_loopback(), "{report:?}");
+    let headers = setup.runtime.metadata.lock().unwrap()[0].clone();
     assert_eq!(headers["execution-id"], "e1");
+    assert!(
+        headers.keys().all(|name| !name.starts_with("x-sandbox-")),
+        "{headers:?}"
+    );
 }
 
 #[tokio::test]

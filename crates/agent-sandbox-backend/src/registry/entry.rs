@@ -20,7 +20,7 @@ pub(super) fn read(
     EntryFields::new(index, map, problems).agent()
 }
 
-const KNOWN_FIELDS: [&str; 16] = [
+const KNOWN_FIELDS: [&str; 15] = [
     "id",
     "name",
     "description",
@@ -34,10 +34,12 @@ const KNOWN_FIELDS: [&str; 16] = [
     "ttl",
     "call_timeout",
     "connection",
-    "router_url",
     "release",
     "token_file",
 ];
+
+/// Why router mode is refused, in the problems for `connection: router` and `router_url`.
+const NO_ROUTER: &str = "the upstream sandbox-router speaks HTTP/1 only to sandboxes and cannot carry AXP's gRPC (agent-sandbox#1597); use `connection: direct` from inside the cluster, or `connection: port-forward` from outside it";
 
 /// One raw entry being read field by field, recording every problem.
 struct EntryFields<'a> {
@@ -149,7 +151,7 @@ impl<'a> EntryFields<'a> {
         let unknown: Vec<String> = self
             .map
             .keys()
-            .filter(|k| !KNOWN_FIELDS.contains(&k.as_str()))
+            .filter(|k| !KNOWN_FIELDS.contains(&k.as_str()) && k.as_str() != "router_url")
             .cloned()
             .collect();
         for key in unknown {
@@ -254,51 +256,35 @@ impl<'a> EntryFields<'a> {
         #[derive(Clone, Copy)]
         enum Mode {
             Direct,
-            Router,
             PortForward,
         }
         let default_mode = match defaults.connection {
             ConnectionMode::Direct => Mode::Direct,
-            ConnectionMode::Router { .. } => Mode::Router,
             ConnectionMode::PortForward => Mode::PortForward,
         };
-        let mode = self.one_of(
-            "connection",
-            &[
-                ("direct", Mode::Direct),
-                ("router", Mode::Router),
-                ("port-forward", Mode::PortForward),
-            ],
-            default_mode,
-        );
-        let router_url = self.string("router_url");
-        let connection = match (mode, router_url) {
-            (Mode::Direct, _) => ConnectionMode::Direct,
-            (Mode::PortForward, None) => ConnectionMode::PortForward,
-            (Mode::PortForward, Some(_)) => {
-                self.problem(
-                    "router_url",
-                    "is only used with connection: router; connection: port-forward reaches the pod through the API server",
-                );
-                ConnectionMode::PortForward
-            }
-            (Mode::Router, Some(url))
-                if url.starts_with("http://") || url.starts_with("https://") =>
-            {
-                ConnectionMode::Router { url }
-            }
-            (Mode::Router, Some(url)) => {
-                self.problem(
-                    "router_url",
-                    format!("{url:?} must start with http:// or https://"),
-                );
-                ConnectionMode::Direct
-            }
-            (Mode::Router, None) => {
-                self.problem("router_url", "is required with connection: router");
-                ConnectionMode::Direct
-            }
+        let mode = if self.map.get("connection").and_then(Value::as_str) == Some("router") {
+            self.problem(
+                "connection",
+                format!("\"router\" is not supported: {NO_ROUTER}"),
+            );
+            default_mode
+        } else {
+            self.one_of(
+                "connection",
+                &[
+                    ("direct", Mode::Direct),
+                    ("port-forward", Mode::PortForward),
+                ],
+                default_mode,
+            )
         };
+        let connection = match mode {
+            Mode::Direct => ConnectionMode::Direct,
+            Mode::PortForward => ConnectionMode::PortForward,
+        };
+        if self.map.contains_key("router_url") {
+            self.problem("router_url", format!("is not supported: {NO_ROUTER}"));
+        }
         let release = self.one_of(
             "release",
             &[

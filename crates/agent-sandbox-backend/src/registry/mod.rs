@@ -19,8 +19,7 @@
 //!       ready_timeout: 2m
 //!       ttl: 1h
 //!       call_timeout: 5m                    # bound on one execution; unset = the caller's
-//!       connection: direct                  # direct (pod IP) | router
-//!       router_url: http://sandbox-router-svc.agent-sandbox-system.svc:8080
+//!       connection: direct                  # direct (pod IP); no router: it cannot carry gRPC
 //!       release: conversation               # conversation | execution
 //!       token_file: /var/run/secrets/axp/token
 //! ```
@@ -282,7 +281,7 @@ registry:
     #[test]
     fn tunables_parse_durations_modes_and_policies() {
         let registry = Registry::from_yaml(&entries(
-            "id: py\nnamespace: ns\nwarm_pool: pool\napi_version: v1beta1\nready_timeout: 90s\nttl: 2h\ncall_timeout: 45\nconnection: router\nrouter_url: http://sandbox-router-svc:8080\nrelease: execution\ntoken_file: /run/token",
+            "id: py\nnamespace: ns\nwarm_pool: pool\napi_version: v1beta1\nready_timeout: 90s\nttl: 2h\ncall_timeout: 45\nconnection: direct\nrelease: execution\ntoken_file: /run/token",
         ))
         .unwrap();
         let agent = &registry.agents[0];
@@ -290,12 +289,7 @@ registry:
         assert_eq!(agent.ready_timeout, Duration::from_secs(90));
         assert_eq!(agent.ttl, Duration::from_secs(7200));
         assert_eq!(agent.call_timeout, Some(Duration::from_secs(45)));
-        assert_eq!(
-            agent.connection,
-            ConnectionMode::Router {
-                url: "http://sandbox-router-svc:8080".into()
-            }
-        );
+        assert_eq!(agent.connection, ConnectionMode::Direct);
         assert_eq!(agent.release, ReleasePolicy::PerExecution);
         assert_eq!(agent.token_file, Some(PathBuf::from("/run/token")));
     }
@@ -408,11 +402,32 @@ registry:
                 "port",
                 "protocol",
                 "ttl",
-                "router_url"
+                "connection"
             ]
         );
         let message = RegistryError::Invalid(found).to_string();
         assert!(message.contains("field `ttl`"), "{message}");
+    }
+
+    #[test]
+    fn router_mode_and_router_url_are_refused_with_the_reason() {
+        let found = problems(
+            "id: py\nnamespace: ns\nwarm_pool: p\nconnection: router\nrouter_url: http://sandbox-router-svc:8080",
+        );
+        let fields: Vec<_> = found.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["connection", "router_url"]);
+        for problem in &found {
+            let text = problem.to_string();
+            assert!(text.contains("\"py\""), "{text}");
+            assert!(text.contains("HTTP/1"), "{text}");
+            assert!(text.contains("connection: direct"), "{text}");
+            assert!(text.contains("port-forward"), "{text}");
+        }
+        // `router_url` alone (with the default mode) is refused too, once.
+        let found = problems("id: py\nnamespace: ns\nwarm_pool: p\nrouter_url: http://r:8080");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].field, "router_url");
+        assert!(!found[0].message.contains("unknown field"), "{}", found[0]);
     }
 
     #[test]

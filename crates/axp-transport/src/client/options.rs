@@ -25,8 +25,7 @@ pub struct ClientOptions {
     pub bearer_token: Option<String>,
     /// HTTP/2 keep-alive pings, so a dead peer is noticed on an idle channel.
     pub keepalive: Option<Duration>,
-    /// Extra metadata sent on every call, e.g. the agent-sandbox router's
-    /// `x-sandbox-id` headers. Names are lower-case ASCII.
+    /// Extra metadata sent on every call. Names are lower-case ASCII.
     pub metadata: Vec<(String, String)>,
 }
 
