@@ -393,3 +393,77 @@ async fn a_hundred_conversations_under_api_faults_leak_nothing() {
         });
     assert!(pipeline.runtime.started() >= 100);
 }
+
+#[tokio::test]
+async fn a_conversation_through_port_forward_keeps_its_state_and_tunnel_and_release_closes_it() {
+    let pipeline = Pipeline::start(1).await.unwrap();
+    let agent = pipeline
+        .backend("      connection: port-forward\n")
+        .await
+        .unwrap();
+    let server = pipeline.cluster.server();
+    server.reset_requests();
+
+    let (_, first) = run(
+        &agent,
+        "conv-pf",
+        "e1",
+        planner_call("counter = 40\ncounter += 1"),
+    )
+    .await
+    .unwrap();
+    let (text, second) = run(
+        &agent,
+        "conv-pf",
+        "e2",
+        planner_call("counter += 1\nprint('counter is', counter)"),
+    )
+    .await
+    .unwrap();
+    assert!(text.contains("counter is 42"), "state is kept: {text}");
+    assert_eq!(first.sandbox, second.sandbox);
+    let agent_sandbox_backend::Reached::PortForward { local } = first.reached else {
+        panic!("the first execution went {:?}", first.reached);
+    };
+    assert_eq!(first.reached.mode(), "port-forward");
+    assert_eq!(second.reached, first.reached, "the tunnel is reused");
+    assert!(local.ip().is_loopback(), "{local}");
+    assert_eq!(first.endpoint, format!("http://{local}"));
+    // One gRPC connection carries both executions: the tunnel opened one port-forward
+    // (two at most, should the client have reconnected between them).
+    let forwards = server.requests().count(Verb::Get, "pods/portforward");
+    assert!((1..=2).contains(&forwards), "{forwards} port-forwards");
+    eprintln!(
+        "port-forward: {forwards} port-forward request(s) for two executions; first output after {:?}",
+        first.first_output
+    );
+
+    agent.release("conv-pf").await.unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(local).await.is_err(),
+        "the tunnel's listener at {local} stops accepting on release"
+    );
+    agent.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_port_forward_the_api_server_refuses_names_the_port_forward_step() {
+    let pipeline = Pipeline::start(1).await.unwrap();
+    let agent = pipeline
+        .backend("      connection: port-forward\n")
+        .await
+        .unwrap();
+    // Every port-forward fails, as when RBAC lacks `pods/portforward`.
+    pipeline
+        .cluster
+        .server()
+        .inject(Fault::status(403, "Forbidden").resource("pods/portforward"));
+    let error = run(&agent, "conv-pf-403", "e1", planner_call("1 + 1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, SandboxAgentError::PortForward { .. }),
+        "{error:?}"
+    );
+    agent.close().await.unwrap();
+}

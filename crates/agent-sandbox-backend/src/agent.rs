@@ -192,7 +192,9 @@ impl AgentSandboxAgent {
             )
             .await;
         if self.inner.options.release == ReleasePolicy::PerExecution {
-            *endpoint = None;
+            if let Some(known) = endpoint.take() {
+                known.close().await;
+            }
             drop(endpoint);
             self.inner.conversations.forget(conversation_id, &slot);
             let released = self.release_claim(conversation_id).await;

@@ -13,7 +13,9 @@ use tokio::{sync::Mutex, time::Instant};
 use crate::{
     client::AgentClient,
     error::SandboxAgentError,
+    execution::Reached,
     options::{ConnectionMode, SandboxAgentOptions},
+    portforward::Tunnel,
 };
 
 /// A conversation's sandbox, once resolved.
@@ -23,17 +25,44 @@ pub(crate) struct Endpoint {
     pub(crate) client: AgentClient,
     pub(crate) address: String,
     pub(crate) renewed_at: Instant,
+    /// How the agent is reached.
+    pub(crate) reached: Reached,
+    /// The conversation's port-forward (connection `port-forward`); stops when dropped.
+    pub(crate) tunnel: Option<Tunnel>,
 }
 
 impl Endpoint {
-    /// A client for the agent of `handle`, at `podIP:port`.
+    /// A client for the agent of `handle`: at `podIP:port`, or at the local end of a
+    /// port-forward to its pod.
+    ///
+    /// With `port-forward`, the tunnel's local listener is opened here (on `kube`).
     pub(crate) fn new(
         handle: SandboxHandle,
         options: &SandboxAgentOptions,
+        kube: &kube::Client,
     ) -> Result<Self, SandboxAgentError> {
         let pod = SocketAddr::new(handle.pod_ip, options.port);
+        let mut tunnel = None;
+        let mut reached = Reached::Direct;
         let (address, client_options) = match &options.connection {
             ConnectionMode::Direct => (format!("http://{pod}"), options.client.clone()),
+            ConnectionMode::PortForward => {
+                let opened = Tunnel::open(
+                    kube.clone(),
+                    &handle.namespace,
+                    &handle.pod_name,
+                    options.port,
+                )
+                .map_err(|source| SandboxAgentError::PortForward {
+                    claim: handle.claim_name.clone(),
+                    pod: format!("{}/{}", handle.namespace, handle.pod_name),
+                    source: Box::new(source),
+                })?;
+                let local = opened.local();
+                reached = Reached::PortForward { local };
+                tunnel = Some(opened);
+                (format!("http://{local}"), options.client.clone())
+            }
         };
         let client =
             AgentClient::new(options.protocol, &address, client_options).map_err(|source| {
@@ -48,7 +77,33 @@ impl Endpoint {
             client,
             address,
             renewed_at: Instant::now(),
+            reached,
+            tunnel,
         })
+    }
+
+    /// Forgets the endpoint; a port-forward stops accepting before this returns.
+    pub(crate) async fn close(self) {
+        if let Some(tunnel) = self.tunnel {
+            tunnel.close().await;
+        }
+    }
+
+    /// The step a call that failed before any output failed in: the port-forward, when it
+    /// recorded a failure, else reaching the agent.
+    pub(crate) fn connect_error(self, source: axp_transport::ClientError) -> SandboxAgentError {
+        if let Some(error) = self.tunnel.as_ref().and_then(Tunnel::take_error) {
+            return SandboxAgentError::PortForward {
+                claim: self.handle.claim_name.clone(),
+                pod: format!("{}/{}", self.handle.namespace, self.handle.pod_name),
+                source: Box::new(error),
+            };
+        }
+        SandboxAgentError::Connect {
+            claim: self.handle.claim_name.clone(),
+            endpoint: self.address.clone(),
+            source: Box::new(source),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 use axp_transport::ClientError;
 use tonic::Code;
 
-use crate::options::ConfigError;
+use crate::{options::ConfigError, portforward::PortForwardError};
 
 /// Why an execution (or a release) through the backend failed: one variant
 /// per step (configure, detect, claim, wait, connect, stream, release), with
@@ -46,6 +46,18 @@ pub enum SandboxAgentError {
         /// What the AXP client reported.
         #[source]
         source: Box<ClientError>,
+    },
+    /// The port-forward to the sandbox's pod could not be set up or failed to carry the
+    /// call (connection mode `port-forward`), even after re-resolving the claim.
+    #[error("could not port-forward to pod {pod} for the agent of claim {claim}")]
+    PortForward {
+        /// The claim's name.
+        claim: String,
+        /// The pod forwarded to, `namespace/name`.
+        pod: String,
+        /// Which step of the port-forward failed.
+        #[source]
+        source: Box<PortForwardError>,
     },
     /// The call failed after output had started; it was not retried.
     #[error("agent of claim {claim} at {endpoint} failed after {outputs} output frame(s)")]

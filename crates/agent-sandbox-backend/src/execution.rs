@@ -36,6 +36,35 @@ pub struct ExecutionReport {
     pub ended: bool,
     /// Whether the claim had to be re-resolved because the known endpoint failed.
     pub re_resolved: bool,
+    /// How the agent was reached (the connection mode, and for a port-forward its local end).
+    pub reached: Reached,
+    /// The address the AXP client called (`http://podIP:port`, or the port-forward's
+    /// `http://127.0.0.1:port`).
+    pub endpoint: String,
+}
+
+/// How an execution reached the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reached {
+    /// At `podIP:port` (connection `direct`).
+    Direct,
+    /// Through the conversation's port-forward to the pod (connection `port-forward`),
+    /// whose local listener the client dialled.
+    PortForward {
+        /// The listener on `127.0.0.1`; it stops accepting when the conversation is released.
+        local: std::net::SocketAddr,
+    },
+}
+
+impl Reached {
+    /// The connection mode's `ax.yaml` name (`direct`, `port-forward`).
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::PortForward { .. } => "port-forward",
+        }
+    }
 }
 
 impl ExecutionReport {
@@ -96,7 +125,7 @@ impl AgentSandboxAgent {
             None => {
                 let handle = self.acquire(conversation_id).await?;
                 claim_to_ready = started.elapsed();
-                Endpoint::new(handle, &self.inner.options)?
+                Endpoint::new(handle, &self.inner.options, self.inner.claims.client())?
             }
         };
 
@@ -107,6 +136,13 @@ impl AgentSandboxAgent {
                 .await;
             match attempt {
                 Ok(mut report) => {
+                    tracing::debug!(
+                        conversation_id,
+                        exec_id,
+                        connection = report.reached.mode(),
+                        endpoint = %report.endpoint,
+                        "execution reached the agent"
+                    );
                     report.claim_to_ready = claim_to_ready;
                     report.total = started.elapsed();
                     report.re_resolved = re_resolved;
@@ -127,15 +163,13 @@ impl AgentSandboxAgent {
                     let resolve_started = Instant::now();
                     let handle = self.re_resolve(conversation_id).await?;
                     claim_to_ready += resolve_started.elapsed();
-                    current = Endpoint::new(handle, &self.inner.options)?;
+                    current.close().await;
+                    current =
+                        Endpoint::new(handle, &self.inner.options, self.inner.claims.client())?;
                 }
                 // Either way the endpoint is forgotten: the next execution re-resolves.
                 Err(CallFailure::BeforeOutput(source)) => {
-                    return Err(SandboxAgentError::Connect {
-                        claim: current.handle.claim_name,
-                        endpoint: current.address,
-                        source: Box::new(source),
-                    });
+                    return Err(current.connect_error(source));
                 }
                 Err(CallFailure::AfterOutput { frames, source }) => {
                     return Err(SandboxAgentError::Stream {
@@ -220,6 +254,8 @@ impl AgentSandboxAgent {
             frames,
             ended: stream.ended(),
             re_resolved: false,
+            reached: endpoint.reached,
+            endpoint: endpoint.address.clone(),
         })
     }
 }

@@ -11,7 +11,9 @@
 //! 2. [`AgentSandboxAgent::connect`] for a conversation's first execution
 //!    claims a sandbox (or adopts the claim this controller made before a
 //!    restart), waits until it is Ready, and calls the agent at `podIP:port`
-//!    (the agent-sandbox router cannot carry gRPC, so there is no router mode).
+//!    (connection `direct`, from inside the cluster) or through a port-forward to
+//!    its pod (connection `port-forward`, from outside the cluster); the
+//!    agent-sandbox router cannot carry gRPC, so there is no router mode.
 //! 3. Later executions of the conversation reuse the endpoint without waiting
 //!    again; the claim's lifetime is renewed while the conversation is active.
 //! 4. [`AgentSandboxAgent::release`] gives the sandbox back when the
@@ -25,6 +27,7 @@
 //! - [`registry`]: the `ax.yaml` section, parsed and validated.
 //! - [`options`]: how the backend claims and connects, and how an entry becomes that.
 //! - [`error`]: which step of an execution failed.
+//! - [`portforward`]: the port-forward connection mode's tunnels and their errors.
 //! - The backend itself: the handle ([`AgentSandboxAgent`]), the per-conversation
 //!   state, one execution with its re-resolve and retry, claim renewal, and release.
 //! - [`testing`] (feature `testing`): loopback addresses for "pods" on one machine.
@@ -59,6 +62,7 @@ mod conversations;
 pub mod error;
 mod execution;
 pub mod options;
+pub mod portforward;
 pub mod registry;
 mod release;
 mod remote;
@@ -68,6 +72,6 @@ pub mod testing;
 
 pub use agent::AgentSandboxAgent;
 pub use error::SandboxAgentError;
-pub use execution::ExecutionReport;
+pub use execution::{ExecutionReport, Reached};
 pub use options::{ConfigError, ConnectionMode, ReleasePolicy, SandboxAgentOptions};
 pub use registry::{AgentSandboxAgentConfig, Registry, RegistryError};

@@ -17,7 +17,7 @@ pub struct SandboxAgentOptions {
     pub port: u16,
     /// Which AXP dialect the agent is spoken to in.
     pub protocol: Protocol,
-    /// How the agent is reached (direct to the pod IP).
+    /// How the agent is reached: direct to the pod IP, or through a port-forward to the pod.
     pub connection: ConnectionMode,
     /// Keep the sandbox for the conversation, or release after each execution.
     pub release: ReleasePolicy,
@@ -55,6 +55,23 @@ pub enum ConnectionMode {
     /// There is no router mode: the upstream sandbox-router speaks HTTP/1 to
     /// sandboxes and cannot carry AXP's gRPC (agent-sandbox#1597).
     Direct,
+    /// Through a Kubernetes port-forward to the agent's port in the sandbox's pod
+    /// (`pods/{name}/portforward` on the API server), for controllers outside the cluster
+    /// (a laptop against GKE) where pod IPs are not routable. One local listener on
+    /// `127.0.0.1` per conversation, reused across its executions and closed on release;
+    /// each connection the AXP client makes to it is its own port-forward. Needs RBAC
+    /// `create` and `get` on `pods/portforward` and `get` on `pods` in the namespace.
+    PortForward,
+}
+
+impl ConnectionMode {
+    /// The name `ax.yaml` gives the mode (`direct`, `port-forward`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::PortForward => "port-forward",
+        }
+    }
 }
 
 /// When a conversation's sandbox is given back.
@@ -241,6 +258,24 @@ mod tests {
             "{error:?}"
         );
         assert!(error.to_string().contains("`warm_pool`"), "{error}");
+    }
+
+    #[test]
+    fn connection_port_forward_is_read_and_a_router_url_beside_it_is_refused() {
+        let config = entry("      warm_pool: pool\n      connection: port-forward\n");
+        assert_eq!(config.connection, ConnectionMode::PortForward);
+        let options = SandboxAgentOptions::from_config(&config, ApiVersion::V1beta1).unwrap();
+        assert_eq!(options.connection.name(), "port-forward");
+
+        let yaml = "registry:\n  agent_sandbox_agents:\n    - id: py\n      namespace: agents\n      warm_pool: pool\n      connection: port-forward\n      router_url: http://router:8080\n";
+        let error = Registry::from_yaml(yaml).unwrap_err().to_string();
+        assert!(
+            error.contains("router_url") && error.contains("port-forward"),
+            "{error}"
+        );
+        let yaml = "registry:\n  agent_sandbox_agents:\n    - id: py\n      namespace: agents\n      warm_pool: pool\n      connection: portforward\n";
+        let error = Registry::from_yaml(yaml).unwrap_err().to_string();
+        assert!(error.contains("port-forward"), "{error}");
     }
 
     #[test]

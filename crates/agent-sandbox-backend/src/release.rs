@@ -7,7 +7,8 @@ impl AgentSandboxAgent {
     ///
     /// # Guarantees
     ///
-    /// A running execution of the conversation finishes first; the claim is
+    /// A running execution of the conversation finishes first; its port-forward
+    /// (connection `port-forward`) has stopped accepting when this returns; the claim is
     /// deleted even when this backend never resolved it (a claim adopted from a
     /// controller that ran before a restart).
     ///
@@ -18,7 +19,10 @@ impl AgentSandboxAgent {
         let conversations = &self.inner.conversations;
         let slot = conversations.slot(conversation_id);
         let mut endpoint = slot.lock().await;
-        *endpoint = None;
+        // A port-forward stops accepting before the claim goes.
+        if let Some(known) = endpoint.take() {
+            known.close().await;
+        }
         drop(endpoint);
         conversations.forget(conversation_id, &slot);
         self.release_claim(conversation_id).await

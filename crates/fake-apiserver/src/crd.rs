@@ -68,6 +68,32 @@ impl Resource {
         self.versions.iter().find(|v| v.name == name)
     }
 
+    /// `group/version`, or the bare version in the core group (`v1`).
+    pub(crate) fn api_version(&self, version: &str) -> String {
+        api_version(&self.group, version)
+    }
+
+    /// Core `v1` pods: served without a schema (anything a client writes is kept), with the
+    /// status subresource and `pods/portforward`.
+    pub(crate) fn core_pods() -> Self {
+        Self {
+            group: String::new(),
+            plural: "pods".into(),
+            singular: "pod".into(),
+            kind: "Pod".into(),
+            list_kind: "PodList".into(),
+            short_names: vec!["po".into()],
+            namespaced: true,
+            versions: vec![Version {
+                name: "v1".into(),
+                schema: None,
+                patterns: Patterns::default(),
+                status_subresource: true,
+            }],
+            storage_version: "v1".into(),
+        }
+    }
+
     /// Parses one CRD; non-served versions are skipped.
     pub(crate) fn from_crd(crd: &Value) -> Result<Self, Error> {
         let name = crd
@@ -163,13 +189,29 @@ impl Resource {
     }
 }
 
-/// Every installed resource, keyed by `(group, plural)`.
+/// `group/version`, or the bare version in the core group (`v1`).
+pub(crate) fn api_version(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    }
+}
+
+/// Every installed resource, keyed by `(group, plural)`; the core group is `""`.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     resources: BTreeMap<(String, String), Arc<Resource>>,
 }
 
 impl Registry {
+    /// The built-in resources every server serves: core `v1` pods.
+    pub(crate) fn with_builtins() -> Self {
+        let mut registry = Self::default();
+        registry.install(Resource::core_pods());
+        registry
+    }
+
     /// Installs or replaces a resource definition.
     pub(crate) fn install(&mut self, resource: Resource) {
         let key = (resource.group.clone(), resource.plural.clone());

@@ -3,8 +3,9 @@
 //!
 //! # Caveats
 //!
-//! Aggregated discovery (`Discovery::run_aggregated`) is not served. The core group lists no
-//! resources, and `apiextensions.k8s.io` itself is not served.
+//! Aggregated discovery (`Discovery::run_aggregated`) is not served. The core group lists only
+//! the built-in pods (with `pods/status` and `pods/portforward`), and `apiextensions.k8s.io`
+//! itself is not served.
 
 use serde_json::{Value, json};
 
@@ -43,8 +44,22 @@ pub(crate) fn core_versions(server_address: &str) -> Value {
     })
 }
 
-pub(crate) fn core_resources() -> Value {
-    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": []})
+pub(crate) fn core_resources(registry: &Registry) -> Value {
+    let mut list = resources(registry, "", "v1").unwrap_or_else(|| {
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": []})
+    });
+    if registry.get("", "pods").is_some()
+        && let Some(resources) = list["resources"].as_array_mut()
+    {
+        resources.push(json!({
+            "name": "pods/portforward",
+            "singularName": "",
+            "namespaced": true,
+            "kind": "PodPortForwardOptions",
+            "verbs": ["create", "get"],
+        }));
+    }
+    list
 }
 
 /// The group document, or `None` when no resource of that group is installed.
@@ -73,7 +88,12 @@ pub(crate) fn group(registry: &Registry, name: &str) -> Option<Value> {
 }
 
 pub(crate) fn groups(registry: &Registry) -> Value {
-    let mut names: Vec<&str> = registry.all().map(|r| r.group.as_str()).collect();
+    // The core group is not an API group: it is served at `/api`.
+    let mut names: Vec<&str> = registry
+        .all()
+        .map(|r| r.group.as_str())
+        .filter(|g| !g.is_empty())
+        .collect();
     names.dedup();
     let groups: Vec<Value> = names
         .into_iter()
@@ -113,7 +133,7 @@ pub(crate) fn resources(registry: &Registry, group: &str, version: &str) -> Opti
     Some(json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
-        "groupVersion": format!("{group}/{version}"),
+        "groupVersion": crate::crd::api_version(group, version),
         "resources": resources,
     }))
 }

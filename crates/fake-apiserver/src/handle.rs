@@ -72,7 +72,7 @@ impl FakeApiServer {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                crds: Registry::default(),
+                crds: Registry::with_builtins(),
                 store: Store::new(options.event_history),
                 faults: Faults::default(),
                 requests: RequestLog::default(),

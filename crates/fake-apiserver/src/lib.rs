@@ -17,6 +17,10 @@
 //! - label and field selectors; watches with history, bookmarks, timeouts and 410 Expired;
 //! - structural-schema validation with pruning and defaulting
 //!   ([`FakeApiServerOptions::strict_unknown_fields`]);
+//! - core `v1` pods at `/api/v1[/namespaces/{ns}]/pods[/{name}[/status]]` (no schema: what a
+//!   client writes is kept), and `pods/{name}/portforward`: kubelet's WebSocket port-forward
+//!   (`v4.channel.k8s.io`, as `kube::Api::<Pod>::portforward` asks) tunnelled over TCP to the
+//!   pod's `status.podIP`, counted as `get` on `pods/portforward`;
 //! - discovery documents for `kube::discovery`;
 //! - request counting ([`RequestLog`]) and fault injection ([`Fault`]).
 //!
@@ -47,7 +51,8 @@
 //!
 //! # Caveats
 //!
-//! No authentication, no core resources (pods, namespaces), no CRD objects under
+//! No authentication, no core resources but pods (no namespaces, services, …), no pod
+//! `exec`/`attach`/`log`, no CRD objects under
 //! `apiextensions.k8s.io`, no version conversion, no managedFields or apply conflicts, no CEL
 //! `x-kubernetes-validations`, no `anyOf`/`allOf`/`oneOf` value validations and no list-type
 //! uniqueness. Schema validation enforces `required`, `type`, `enum`, `pattern` (with the `regex`
@@ -61,6 +66,7 @@ mod fault;
 mod handle;
 mod kubeconfig;
 mod options;
+mod portforward;
 mod requests;
 mod resource;
 mod schema;

@@ -85,7 +85,7 @@ impl Target<'_> {
     }
 
     fn api_version(&self) -> String {
-        format!("{}/{}", self.resource.group, self.version.name)
+        self.resource.api_version(&self.version.name)
     }
 
     /// Rewrites `apiVersion`/`kind` for the version the client asked for.

@@ -24,6 +24,7 @@ use crate::crd::Registry;
 use crate::discovery;
 use crate::fault::{FaultAction, Faults, RequestFacts};
 use crate::options::FakeApiServerOptions;
+use crate::portforward;
 use crate::requests::{RequestLog, Verb};
 use crate::resource::{self, DeleteOptions, Deleted, PatchType, Target, WriteOptions};
 use crate::schema::UnknownFields;
@@ -83,6 +84,8 @@ pub(crate) async fn serve(
                     let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
                     if let Err(e) = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
+                        // `pods/{name}/portforward` upgrades to a WebSocket.
+                        .with_upgrades()
                         .await
                     {
                         tracing::debug!(%peer, error = %e, "connection ended");
@@ -94,7 +97,7 @@ pub(crate) async fn serve(
     }
 }
 
-fn full(status: StatusCode, value: &Value) -> Response<Body> {
+pub(crate) fn full(status: StatusCode, value: &Value) -> Response<Body> {
     let body = Full::new(Bytes::from(serde_json::to_vec(value).unwrap_or_default()))
         .map_err(|never: Infallible| match never {})
         .boxed();
@@ -107,7 +110,7 @@ fn full(status: StatusCode, value: &Value) -> Response<Body> {
     response
 }
 
-fn error_response(err: &ApiError) -> Response<Body> {
+pub(crate) fn error_response(err: &ApiError) -> Response<Body> {
     let status = StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = full(status, &err.to_json());
     if let Some(secs) = err.retry_after_secs
@@ -134,6 +137,11 @@ enum Route {
         plural: String,
         name: Option<String>,
         status: bool,
+    },
+    /// `GET /api/v1/namespaces/{ns}/pods/{name}/portforward` (a WebSocket upgrade).
+    PortForward {
+        namespace: String,
+        name: String,
     },
     Unknown,
 }
@@ -164,6 +172,14 @@ fn route(path: &str) -> Route {
         ["version"] => Route::Version,
         ["api"] => Route::CoreVersions,
         ["api", "v1"] => Route::CoreResources,
+        ["api", "v1", "namespaces", ns, "pods", name, "portforward"] => Route::PortForward {
+            namespace: (*ns).to_owned(),
+            name: (*name).to_owned(),
+        },
+        ["api", "v1", "namespaces", ns, rest @ ..] if !rest.is_empty() => {
+            obj("", "v1", Some(ns), rest)
+        }
+        ["api", "v1", rest @ ..] => obj("", "v1", None, rest),
         ["apis"] => Route::Groups,
         ["apis", g] => Route::Group((*g).to_owned()),
         ["apis", g, v] => Route::Resources((*g).to_owned(), (*v).to_owned()),
@@ -199,7 +215,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+pub(crate) fn parse_query(query: Option<&str>) -> HashMap<String, String> {
     query
         .unwrap_or("")
         .split('&')
@@ -250,6 +266,9 @@ async fn dispatch(
     shared: &Shared,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ResetConnection> {
+    if let Route::PortForward { namespace, name } = route(req.uri().path()) {
+        return Ok(portforward::answer(shared, req, &namespace, &name));
+    }
     let (parts, body) = req.into_parts();
     let route = route(parts.uri.path());
     let query = parse_query(parts.uri.query());
@@ -412,7 +431,9 @@ impl Ctx<'_> {
         match route {
             Route::Version => ok(discovery::version()),
             Route::CoreVersions => ok(discovery::core_versions(&self.shared.addr.to_string())),
-            Route::CoreResources => ok(discovery::core_resources()),
+            Route::CoreResources => ok(discovery::core_resources(&state.crds)),
+            // Answered before the body is read (it upgrades the connection).
+            Route::PortForward { .. } => Err(not_found()),
             Route::Groups => ok(discovery::groups(&state.crds)),
             Route::Group(g) => {
                 discovery::group(&state.crds, g).map_or_else(|| Err(not_found()), ok)

@@ -64,7 +64,7 @@ impl ApiError {
         Self::new(
             404,
             "NotFound",
-            format!("{plural}.{group} \"{name}\" not found"),
+            format!("{} \"{name}\" not found", qualified(plural, group)),
         )
         .with_details(group, plural, name)
     }
@@ -73,7 +73,7 @@ impl ApiError {
         Self::new(
             409,
             "AlreadyExists",
-            format!("{plural}.{group} \"{name}\" already exists"),
+            format!("{} \"{name}\" already exists", qualified(plural, group)),
         )
         .with_details(group, plural, name)
     }
@@ -82,7 +82,10 @@ impl ApiError {
         Self::new(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {plural}.{group} \"{name}\": {why}"),
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                qualified(plural, group)
+            ),
         )
         .with_details(group, plural, name)
     }
@@ -102,7 +105,10 @@ impl ApiError {
         let mut err = Self::new(
             422,
             "Invalid",
-            format!("{kind}.{group} \"{name}\" is invalid: {summary}"),
+            format!(
+                "{} \"{name}\" is invalid: {summary}",
+                qualified(kind, group)
+            ),
         )
         .with_details(group, plural, name);
         err.causes = causes;
@@ -164,4 +170,13 @@ pub(crate) fn success(group: &str, plural: &str, name: &str, uid: &str) -> Value
         "status": "Success",
         "details": {"name": name, "group": group, "kind": plural, "uid": uid},
     })
+}
+
+/// `plural.group`, or the bare plural in the core group (`pods`), as upstream writes it.
+fn qualified(plural: &str, group: &str) -> String {
+    if group.is_empty() {
+        plural.to_owned()
+    } else {
+        format!("{plural}.{group}")
+    }
 }

@@ -52,7 +52,7 @@ pub(crate) type Chunk = Result<Bytes, std::io::Error>;
 
 impl WatchRequest {
     fn api_version(&self) -> String {
-        format!("{}/{}", self.resource.group, self.version)
+        self.resource.api_version(&self.version)
     }
 
     fn present(&self, object: &Value) -> Value {

@@ -1464,3 +1464,45 @@ async fn replacing_a_pod_that_is_missing_or_not_yet_started_is_an_error() {
     cluster.controller().make_ready(1);
     acquiring.await.unwrap().unwrap();
 }
+
+/// `status.podIP` of the core `v1` Pod object named `name`, `None` when there is none.
+async fn pod_object_ip(cluster: &FakeCluster, name: &str) -> Option<String> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(cluster.client(), cluster.namespace());
+    pods.get_opt(name)
+        .await
+        .unwrap()
+        .map(|pod| pod.status.and_then(|s| s.pod_ip).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn each_running_pod_is_a_pod_object_rewritten_on_replacement_and_deleted_on_release() {
+    let (cluster, _runtime) = recording_cluster().await;
+    let claims = claims(&cluster, options()).await;
+    let a = claims.acquire("pod-objects").await.unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(cluster.client(), cluster.namespace());
+    let pod = pods.get(&a.sandbox_name).await.unwrap();
+    let status = pod.status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(status.pod_ip, Some(a.pod_ip.to_string()));
+    assert!(
+        status
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+
+    let new = cluster.replace_pod(&a.sandbox_name).await.unwrap();
+    assert_eq!(
+        pod_object_ip(&cluster, &new.pod_name).await,
+        Some(new.ip.to_string())
+    );
+
+    claims.release("pod-objects").await.unwrap();
+    eventually("the Pod object is deleted", || async {
+        pod_object_ip(&cluster, &new.pod_name).await.is_none()
+    })
+    .await;
+}

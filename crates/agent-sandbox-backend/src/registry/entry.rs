@@ -39,7 +39,7 @@ const KNOWN_FIELDS: [&str; 15] = [
 ];
 
 /// Why router mode is refused, in the problems for `connection: router` and `router_url`.
-const NO_ROUTER: &str = "the upstream sandbox-router speaks HTTP/1 only to sandboxes and cannot carry AXP's gRPC (agent-sandbox#1597); use `connection: direct` from inside the cluster, or port-forward from outside once available";
+const NO_ROUTER: &str = "the upstream sandbox-router speaks HTTP/1 only to sandboxes and cannot carry AXP's gRPC (agent-sandbox#1597); use `connection: direct` from inside the cluster, or `connection: port-forward` from outside it";
 
 /// One raw entry being read field by field, recording every problem.
 struct EntryFields<'a> {
@@ -256,9 +256,11 @@ impl<'a> EntryFields<'a> {
         #[derive(Clone, Copy)]
         enum Mode {
             Direct,
+            PortForward,
         }
         let default_mode = match defaults.connection {
             ConnectionMode::Direct => Mode::Direct,
+            ConnectionMode::PortForward => Mode::PortForward,
         };
         let mode = if self.map.get("connection").and_then(Value::as_str) == Some("router") {
             self.problem(
@@ -267,10 +269,18 @@ impl<'a> EntryFields<'a> {
             );
             default_mode
         } else {
-            self.one_of("connection", &[("direct", Mode::Direct)], default_mode)
+            self.one_of(
+                "connection",
+                &[
+                    ("direct", Mode::Direct),
+                    ("port-forward", Mode::PortForward),
+                ],
+                default_mode,
+            )
         };
         let connection = match mode {
             Mode::Direct => ConnectionMode::Direct,
+            Mode::PortForward => ConnectionMode::PortForward,
         };
         if self.map.contains_key("router_url") {
             self.problem("router_url", format!("is not supported: {NO_ROUTER}"));

@@ -7,7 +7,10 @@
 //! ownerReference and stripping the pool label; the pool replenishes), `Ready` forwarding
 //! with pod IPs, `WarmPoolNotFound` / `TemplateNotFound`, forced failure reasons, claim
 //! lifecycle expiry (`Delete`, `DeleteForeground`, `Retain`), pod stop on claim delete,
-//! pod loss and recreation ([`SimulatedController::replace_pod`]: node failure, eviction).
+//! pod loss and recreation ([`SimulatedController::replace_pod`]: node failure, eviction),
+//! and a core `v1` Pod object per running pod (named as the runtime reported, `Running`,
+//! `Ready`, `status.podIP`/`podIPs`; rewritten on replacement, deleted when the pod stops), so
+//! that `pods/{name}/portforward` of the fake API server reaches the pod.
 //! Not implemented: env / volume claim template merging, additionalPodMetadata validation,
 //! Services, suspend/resume, sandbox-level lifecycle.
 //!

@@ -4,18 +4,79 @@
 use super::*;
 
 impl Shared {
-    /// Remembers the pod that runs for `sandbox` now.
-    pub(super) fn record_pod(&self, sandbox: &str, pod: &PodStarted) {
+    /// Remembers the pod that runs for `sandbox` now, and writes it as a core `v1` Pod
+    /// (`Running`, `Ready`, `status.podIP`), as kubelet would: clients that reach a sandbox
+    /// through `pods/{name}/portforward` look the pod up by name.
+    pub(super) async fn record_pod(&self, sandbox: &str, pod: &PodStarted) {
         lock(&self.pods).insert(sandbox.to_owned(), pod.clone());
+        if let Err(error) = self.publish_pod(sandbox, pod).await {
+            tracing::warn!(sandbox, pod = %pod.pod_name, error = ?error, "simulated controller: Pod object not written");
+        }
     }
 
     /// Stops the current pod of `sandbox` (by the name the runtime reported; the sandbox
-    /// name when none is recorded, e.g. while it is still starting) and forgets it.
+    /// name when none is recorded, e.g. while it is still starting), deletes its Pod
+    /// object and forgets it.
     pub(super) async fn stop_pod(&self, sandbox: &str) {
         let pod = lock(&self.pods)
             .remove(sandbox)
             .map_or_else(|| sandbox.to_owned(), |p| p.pod_name);
         self.runtime.stop(&self.namespace, &pod).await;
+        match self.pods_api().delete(&pod, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => {
+                tracing::warn!(sandbox, pod, error = ?error, "simulated controller: Pod object not deleted");
+            }
+        }
+    }
+
+    /// Core `v1` pods of the namespace.
+    fn pods_api(&self) -> Api<DynamicObject> {
+        let ar = ApiResource {
+            group: String::new(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            plural: "pods".into(),
+        };
+        Api::namespaced_with(self.client.clone(), &self.namespace, &ar)
+    }
+
+    /// Writes (or overwrites, after a replacement) the Pod object of `pod`.
+    async fn publish_pod(&self, sandbox: &str, pod: &PodStarted) -> Result<(), kube::Error> {
+        let api = self.pods_api();
+        let ip = pod.ip.to_string();
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": pod.pod_name,
+                "namespace": self.namespace,
+                "labels": { "agents.x-k8s.io/sandbox-name-hash": name_hash(sandbox) },
+            },
+            "spec": { "containers": [{ "name": "agent", "image": "example.com/agent:latest" }] },
+        });
+        api.patch(
+            &pod.pod_name,
+            &PatchParams::apply("simulated-agent-sandbox-controller").force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+        let now = jiff::Timestamp::now().to_string();
+        let status = json!({ "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "podIPs": [{ "ip": ip }],
+            "conditions": [{ "type": "Ready", "status": "True", "lastTransitionTime": now }],
+        }});
+        api.patch_status(
+            &pod.pod_name,
+            &PatchParams::default(),
+            &Patch::Merge(status),
+        )
+        .await?;
+        Ok(())
     }
 
     pub(super) fn sandbox_body(
@@ -147,7 +208,7 @@ impl Shared {
         };
         let started = self.runtime.start(&request).await;
         if let Ok(p) = &started {
-            self.record_pod(&name, p);
+            self.record_pod(&name, p).await;
         }
         let mode = *lock(&self.ready_mode);
         match mode {
@@ -324,7 +385,7 @@ impl Shared {
                 });
             }
         };
-        self.record_pod(sandbox_name, &started);
+        self.record_pod(sandbox_name, &started).await;
 
         // 4. The new pod is Ready.
         let ready = condition(

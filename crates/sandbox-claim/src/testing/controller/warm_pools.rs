@@ -107,7 +107,7 @@ impl Shared {
             };
             let status = match self.runtime.start(&request).await {
                 Ok(p) => {
-                    self.record_pod(&name, &p);
+                    self.record_pod(&name, &p).await;
                     json!({
                     "conditions": [condition("Ready", true, "DependenciesReady", "Pod is Ready", sandbox.metadata.generation)],
                     "podIPs": [p.ip.to_string()],
