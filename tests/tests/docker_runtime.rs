@@ -9,12 +9,12 @@ use std::{collections::HashMap, time::Duration};
 use bollard::{
     Docker,
     models::{ContainerCreateBody, NetworkCreateRequest},
-    query_parameters::{CreateContainerOptionsBuilder, ListContainersOptionsBuilder},
+    query_parameters::CreateContainerOptionsBuilder,
 };
 use pipeline::{
     Pipeline, RuntimeKind,
     calls::{planner_call, run},
-    docker::{OWNER_PID_LABEL, POD_LABEL, RUNTIME_LABEL},
+    docker::{OWNER_PID_LABEL, POD_LABEL, RUNTIME_LABEL, list_labelled},
 };
 use sandbox_claim::testing::FakeClusterOptions;
 
@@ -90,22 +90,12 @@ async fn a_sandbox_container_runs_as_the_deployed_template_says() {
     assert!(text.contains("tmp writable"), "{text}");
 
     let docker = engine().await;
-    let filters = HashMap::from([(
-        "label",
-        vec![format!(
-            "{POD_LABEL}={}/{}",
-            pipeline::NAMESPACE,
-            report.sandbox.pod_name
-        )],
-    )]);
-    let containers = docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::new()
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .unwrap();
+    let selector = format!(
+        "{POD_LABEL}={}/{}",
+        pipeline::NAMESPACE,
+        report.sandbox.pod_name
+    );
+    let containers = list_labelled(&docker, &selector).await.containers;
     let [container] = containers.as_slice() else {
         panic!("one container for the pod, found {containers:?}");
     };
@@ -174,16 +164,9 @@ async fn what_a_killed_test_run_left_behind_is_removed_by_the_next_runtime() {
     let pipeline = Pipeline::start_on(RuntimeKind::Docker, FakeClusterOptions::default(), 0)
         .await
         .unwrap();
-    let selector = HashMap::from([("label", vec![format!("{RUNTIME_LABEL}={leftover}")])]);
-    let containers = docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::new()
-                .all(true)
-                .filters(&selector)
-                .build(),
-        ))
+    let containers = list_labelled(&docker, &format!("{RUNTIME_LABEL}={leftover}"))
         .await
-        .unwrap();
+        .containers;
     assert!(containers.is_empty(), "left behind: {containers:?}");
     assert!(
         docker
@@ -222,19 +205,10 @@ async fn a_stopped_pipeline_leaves_no_container_and_no_network() {
     drop(runtime);
 
     let docker = engine().await;
-    let filters = HashMap::from([("label", vec![selector])]);
     // The cancelled-create guard may need a moment for a create that was in flight.
     let mut left = Vec::new();
     for _ in 0..40 {
-        left = docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .unwrap();
+        left = list_labelled(&docker, &selector).await.containers;
         if left.is_empty() {
             break;
         }
@@ -262,25 +236,8 @@ async fn engine_or_skip() -> Option<Docker> {
 
 /// Containers and networks whose owner is process `pid`.
 async fn owned_by(docker: &Docker, pid: u32) -> (usize, usize) {
-    let filters = HashMap::from([("label", vec![format!("{OWNER_PID_LABEL}={pid}")])]);
-    let containers = docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::new()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .unwrap();
-    let networks = docker
-        .list_networks(Some(
-            bollard::query_parameters::ListNetworksOptionsBuilder::new()
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .unwrap();
-    (containers.len(), networks.len())
+    let found = list_labelled(docker, &format!("{OWNER_PID_LABEL}={pid}")).await;
+    (found.containers.len(), found.networks.len())
 }
 
 #[tokio::test]

@@ -606,8 +606,17 @@ async fn remove_container(docker: &Docker, id: &str) {
     let _ = docker.remove_container(id, Some(options)).await;
 }
 
-/// Removes containers, then networks, that match a label selector.
-async fn remove_labelled(docker: &Docker, selector: &str) {
+/// What the engine holds that matches a label selector (`key` or `key=value`).
+#[derive(Debug, Default)]
+pub struct Labelled {
+    /// Containers, stopped ones included.
+    pub containers: Vec<bollard::models::ContainerSummary>,
+    /// Networks.
+    pub networks: Vec<bollard::models::Network>,
+}
+
+/// Lists the containers and networks that match `selector`; an engine error lists nothing.
+pub async fn list_labelled(docker: &Docker, selector: &str) -> Labelled {
     let filters = HashMap::from([("label", vec![selector])]);
     let containers = docker
         .list_containers(Some(
@@ -618,42 +627,40 @@ async fn remove_labelled(docker: &Docker, selector: &str) {
         ))
         .await
         .unwrap_or_default();
-    futures::future::join_all(
-        containers
-            .iter()
-            .filter_map(|c| c.id.as_deref())
-            .map(|id| remove_container(docker, id)),
-    )
-    .await;
     let networks = docker
         .list_networks(Some(
             ListNetworksOptionsBuilder::new().filters(&filters).build(),
         ))
         .await
         .unwrap_or_default();
-    for network in networks.iter().filter_map(|n| n.id.as_deref()) {
+    Labelled {
+        containers,
+        networks,
+    }
+}
+
+/// Removes containers, then networks, that match a label selector.
+async fn remove_labelled(docker: &Docker, selector: &str) {
+    let found = list_labelled(docker, selector).await;
+    futures::future::join_all(
+        found
+            .containers
+            .iter()
+            .filter_map(|c| c.id.as_deref())
+            .map(|id| remove_container(docker, id)),
+    )
+    .await;
+    for network in found.networks.iter().filter_map(|n| n.id.as_deref()) {
         let _ = docker.remove_network(network).await;
     }
 }
 
 /// Removes what runtimes of processes that no longer exist left behind.
 async fn remove_leftovers(docker: &Docker) {
-    let filters = HashMap::from([("label", vec![OWNER_PID_LABEL])]);
-    let containers = docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::new()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .unwrap_or_default();
-    let networks = docker
-        .list_networks(Some(
-            ListNetworksOptionsBuilder::new().filters(&filters).build(),
-        ))
-        .await
-        .unwrap_or_default();
+    let Labelled {
+        containers,
+        networks,
+    } = list_labelled(docker, OWNER_PID_LABEL).await;
     let mut dead: Vec<String> = containers
         .iter()
         .filter_map(|c| c.labels.as_ref())
