@@ -35,6 +35,7 @@ use python_sandbox_agent::LocalAgent;
 
 pub mod calls;
 pub mod docker;
+pub mod reach;
 use sandbox_claim::testing::{PodRequest, PodRuntime, PodRuntimeError, PodStarted};
 
 /// The reference agent binary: `$PYTHON_SANDBOX_AGENT_BIN`, else beside the

@@ -467,3 +467,38 @@ async fn a_port_forward_the_api_server_refuses_names_the_port_forward_step() {
     );
     agent.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_pod_network_probe_finds_reachable_pods_and_says_why_others_are_not() {
+    let pipeline = Pipeline::start(1).await.unwrap();
+    let client = pipeline.cluster.client();
+    let reached = pipeline::reach::probe_pod_network(&client, pipeline::NAMESPACE).await;
+    assert!(reached.reachable, "{reached:?}");
+
+    // A pod at an address nothing answers on (TEST-NET-1), alone in its namespace.
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), "elsewhere");
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "far", "namespace": "elsewhere"},
+        "spec": {"containers": [{"name": "agent", "image": "i"}]},
+    }))
+    .unwrap();
+    pods.create(&kube::api::PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let status = serde_json::json!({"status": {"podIP": "192.0.2.1", "phase": "Running"}});
+    pods.patch_status(
+        "far",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
+    let far = pipeline::reach::probe_pod_network(&client, "elsewhere").await;
+    assert!(!far.reachable);
+    assert!(far.why.contains("192.0.2.1:8494"), "{far:?}");
+    let empty = pipeline::reach::probe_pod_network(&client, "nobody-here").await;
+    assert!(!empty.reachable);
+    assert!(empty.why.contains("no pod in nobody-here"), "{empty:?}");
+}

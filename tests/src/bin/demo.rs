@@ -52,6 +52,29 @@ struct Cli {
     /// Docker Engine.
     #[arg(long, value_enum, default_value = "local", conflicts_with = "cluster")]
     runtime: RuntimeKind,
+    /// How the backend reaches the agents: `direct` to podIP:8494, `port-forward` through
+    /// the API server, or `auto`: direct inside a cluster and on the embedded one; with
+    /// `--kubeconfig`, direct only when a pod of the namespace answers on its IP from here.
+    #[arg(long, value_enum, default_value = "auto")]
+    connection: Connection,
+}
+
+/// The demo's `--connection`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Connection {
+    Auto,
+    Direct,
+    PortForward,
+}
+
+impl Connection {
+    /// The `ax.yaml` value.
+    fn yaml(self) -> &'static str {
+        match self {
+            Self::Direct | Self::Auto => "direct",
+            Self::PortForward => "port-forward",
+        }
+    }
 }
 
 /// What the embedded cluster's pods are called in the demo's lines.
@@ -137,9 +160,29 @@ async fn run(cli: Cli, interrupted: tokio::sync::watch::Receiver<bool>) -> anyho
         }
     };
 
+    let connection = match cli.connection {
+        Connection::Auto if cli.kubeconfig.is_some() => {
+            let probe = pipeline::reach::probe_pod_network(&kube, &cli.namespace).await;
+            let chosen = if probe.reachable {
+                Connection::Direct
+            } else {
+                Connection::PortForward
+            };
+            step(
+                &clock,
+                &format!("connection {}: {}", chosen.yaml(), probe.why),
+            );
+            chosen
+        }
+        other => other,
+    };
     let yaml = format!(
-        "registry:\n  agent_sandbox_agents:\n    - id: py\n      name: Python Sandbox Agent\n      namespace: {}\n      warm_pool: {}\n      template: {}\n      port: {}\n      protocol: axp\n      ready_timeout: 2m\n      ttl: 30m\n      call_timeout: 60s\n",
-        cli.namespace, cli.warm_pool, cli.template, DEFAULT_PORT
+        "registry:\n  agent_sandbox_agents:\n    - id: py\n      name: Python Sandbox Agent\n      namespace: {}\n      warm_pool: {}\n      template: {}\n      port: {}\n      protocol: axp\n      connection: {}\n      ready_timeout: 2m\n      ttl: 30m\n      call_timeout: 60s\n",
+        cli.namespace,
+        cli.warm_pool,
+        cli.template,
+        DEFAULT_PORT,
+        connection.yaml()
     );
     let registry = Registry::from_yaml(&yaml)?;
     let agent =
@@ -327,7 +370,8 @@ fn show(message: &Message, clock: &Instant) {
 fn timings(report: &ExecutionReport) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "        claim → ready {:.1} ms · first output {} · total {:.1} ms · {} frame(s)",
+        "        {} · claim → ready {:.1} ms · first output {} · total {:.1} ms · {} frame(s)",
+        report.reached.mode(),
         ms(report.claim_to_ready),
         report
             .first_output
