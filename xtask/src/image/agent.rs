@@ -100,6 +100,25 @@ fn write_if_changed(path: &Path, data: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--remap-path-prefix` flags for the checkout, cargo's home and the target dir, in cargo's
+/// encoded form (separated by 0x1f).
+fn remapped_paths(root: &Path, target: &Path) -> String {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")));
+    // rustc applies the last mapping that matches: the target dir (inside the checkout by
+    // default) comes after the checkout.
+    let mut maps = vec![(root.to_path_buf(), "/src")];
+    if let Some(home) = cargo_home {
+        maps.push((home, "/cargo"));
+    }
+    maps.push((target.to_path_buf(), "/target"));
+    maps.iter()
+        .map(|(from, to)| format!("--remap-path-prefix={}={to}", from.display()))
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
+}
+
 /// Prepares the pyo3 config and link directory, then `cargo build --release --locked -p <package> --bin <bin>`.
 pub fn build(root: &Path, paths: &BuildPaths, binary: Binary) -> anyhow::Result<()> {
     let libpython = paths.rootfs.join(LIB_DIR).join(LIBPYTHON_SONAME);
@@ -116,6 +135,7 @@ pub fn build(root: &Path, paths: &BuildPaths, binary: Binary) -> anyhow::Result<
             .with_context(|| format!("linking {}", link.display()))?;
     }
     write_if_changed(&paths.config_file(), &pyo3_config(&paths.pyo3))?;
+    let rustflags = remapped_paths(root, &paths.cargo_target);
     cmd!(
         "cargo",
         "build",
@@ -129,6 +149,11 @@ pub fn build(root: &Path, paths: &BuildPaths, binary: Binary) -> anyhow::Result<
     .dir(root)
     .env("CARGO_TARGET_DIR", &paths.cargo_target)
     .env("PYO3_CONFIG_FILE", paths.config_file())
+    // The checkout, cargo's home and the target dir appear in the binary's debug info and
+    // panic locations; mapped to fixed names, the same sources give the same layer from any
+    // checkout. (Encoded flags replace RUSTFLAGS for this build only, and survive spaces.)
+    .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+    .env_remove("RUSTFLAGS")
     // PYO3_CONFIG_FILE wins over these anyway; removed so nothing suggests the host's Python is involved.
     .env_remove("PYO3_PYTHON")
     .env_remove("PYO3_CROSS_LIB_DIR")
