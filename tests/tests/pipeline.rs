@@ -472,7 +472,15 @@ async fn a_port_forward_the_api_server_refuses_names_the_port_forward_step() {
 async fn the_pod_network_probe_finds_reachable_pods_and_says_why_others_are_not() {
     let pipeline = Pipeline::start(1).await.unwrap();
     let client = pipeline.cluster.client();
-    let reached = pipeline::reach::probe_pod_network(&client, pipeline::NAMESPACE).await;
+    // The controller writes the pool member's Pod just after its runtime reports it started.
+    let mut reached = pipeline::reach::probe_pod_network(&client, pipeline::NAMESPACE).await;
+    for _ in 0..100 {
+        if reached.reachable {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        reached = pipeline::reach::probe_pod_network(&client, pipeline::NAMESPACE).await;
+    }
     assert!(reached.reachable, "{reached:?}");
 
     // A pod at an address nothing answers on (TEST-NET-1), alone in its namespace.
