@@ -14,7 +14,7 @@ use bollard::{
 use pipeline::{
     Pipeline, RuntimeKind,
     calls::{planner_call, run},
-    docker::{OWNER_PID_LABEL, POD_LABEL, RUNTIME_LABEL, list_labelled},
+    docker::{OWNER_PID_LABEL, POD_LABEL, RUNTIME_LABEL, connect_engine, list_labelled},
 };
 use sandbox_claim::testing::FakeClusterOptions;
 
@@ -36,11 +36,7 @@ async fn docker_pipeline() -> Option<Pipeline> {
 }
 
 async fn engine() -> Docker {
-    Docker::connect_with_local_defaults()
-        .expect("a Docker client")
-        .negotiate_version()
-        .await
-        .expect("the engine answers")
+    connect_engine().await.expect("the engine answers")
 }
 
 #[tokio::test]
@@ -220,11 +216,7 @@ async fn a_stopped_pipeline_leaves_no_container_and_no_network() {
 
 /// The engine, or `None` (after one line) where none is reachable outside CI.
 async fn engine_or_skip() -> Option<Docker> {
-    let connected = match Docker::connect_with_local_defaults() {
-        Ok(docker) => docker.negotiate_version().await,
-        Err(error) => Err(error),
-    };
-    match connected {
+    match connect_engine().await {
         Ok(docker) => Some(docker),
         Err(error) if std::env::var_os("CI").is_none() => {
             eprintln!("skipped: no Docker Engine reachable here ({error})");

@@ -124,9 +124,7 @@ impl DockerRuntime {
     ///
     /// [`DockerRuntimeError`] naming the step.
     pub async fn connect(options: DockerRuntimeOptions) -> Result<Self, DockerRuntimeError> {
-        let docker = Docker::connect_with_local_defaults()
-            .map_err(DockerRuntimeError::Connect)?
-            .negotiate_version()
+        let docker = connect_engine()
             .await
             .map_err(DockerRuntimeError::Connect)?;
         remove_leftovers(&docker).await;
@@ -408,25 +406,40 @@ impl Drop for DockerRuntime {
     fn drop(&mut self) {
         let selector = format!("{RUNTIME_LABEL}={}", self.id);
         let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                if let Ok(docker) = Docker::connect_with_local_defaults()
-                    && let Ok(docker) = docker.negotiate_version().await
-                {
-                    remove_labelled(&docker, &selector).await;
-                }
-            });
+            if let Some(runtime) = cleanup_runtime() {
+                runtime.block_on(async {
+                    if let Ok(docker) = connect_engine().await {
+                        remove_labelled(&docker, &selector).await;
+                    }
+                });
+            }
         });
         let _ = cleanup.join();
     }
 }
 
 static NEXT_RUNTIME: AtomicU32 = AtomicU32::new(0);
+
+/// The local engine (`DOCKER_HOST` or the default socket), at the API version both sides
+/// speak: Debian's 20.10 speaks 1.41, older than bollard's default.
+///
+/// # Errors
+///
+/// No engine answers.
+pub async fn connect_engine() -> Result<Docker, bollard::errors::Error> {
+    Docker::connect_with_local_defaults()?
+        .negotiate_version()
+        .await
+}
+
+/// A runtime for cleanup on a thread of its own, which must not block (or depend on) the
+/// async runtime of the caller, which may be dropping; `None` when none can be built.
+fn cleanup_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()
+}
 
 /// How long after an abandoned create request the engine may still create the container.
 const CANCELLED_CREATE_WINDOW: Duration = Duration::from_secs(3);
@@ -464,10 +477,7 @@ impl Drop for CancelledCreate {
         };
         // A thread of its own: the async runtime that dropped the future may be shutting down.
         std::thread::spawn(move || {
-            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            if let Some(runtime) = cleanup_runtime() {
                 runtime.block_on(remove_when_created(&name));
             }
             creating.fetch_sub(1, Ordering::SeqCst);
@@ -477,10 +487,7 @@ impl Drop for CancelledCreate {
 
 /// Removes `name` once it shows up (the request landed), or gives up after the window.
 async fn remove_when_created(name: &str) {
-    let Ok(docker) = Docker::connect_with_local_defaults() else {
-        return;
-    };
-    let Ok(docker) = docker.negotiate_version().await else {
+    let Ok(docker) = connect_engine().await else {
         return;
     };
     let deadline = tokio::time::Instant::now() + CANCELLED_CREATE_WINDOW;
