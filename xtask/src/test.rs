@@ -59,23 +59,30 @@ impl Test {
             }
         };
 
-        let mut args = vec!["test", "--workspace", "--all-features", "--no-fail-fast"]
-            .into_iter()
-            .map(String::from)
-            .collect::<Vec<_>>();
-        if !self.args.is_empty() {
-            args.push("--".into());
-            args.extend(self.args.iter().cloned());
-        }
-        let mut tests = cmd("cargo", &args)
-            .dir(&root)
-            .env(artifacts::AGENT_BIN_ENV, agent);
+        // `cargo test <selection> [-- <the user's arguments>]`, with the agent binary named.
+        let cargo_test = |selection: &[&str]| {
+            let mut args: Vec<String> = ["test", "--workspace", "--all-features"]
+                .iter()
+                .chain(selection)
+                .map(|a| (*a).to_owned())
+                .collect();
+            if !self.args.is_empty() {
+                args.push("--".into());
+                args.extend(self.args.iter().cloned());
+            }
+            cmd("cargo", args)
+                .dir(&root)
+                .env(artifacts::AGENT_BIN_ENV, agent)
+                .unchecked()
+        };
+
+        let mut tests = cargo_test(&["--no-fail-fast"]);
         if let Some(images) = images {
             tests = tests
                 .env(artifacts::CONTAINER_IMAGES_ENV, images.join(","))
                 .env(artifacts::AGENT_IMAGE_ENV, image::DEFAULT_TAG);
         }
-        let workspace = tests.unchecked().run().context("running cargo test")?;
+        let workspace = tests.run().context("running cargo test")?;
 
         let on_docker = match images {
             Some(_) => {
@@ -84,26 +91,9 @@ impl Test {
                     image::DEFAULT_TAG
                 );
                 // The same workspace and features as above, so nothing is rebuilt.
-                let mut args = vec![
-                    "test",
-                    "--workspace",
-                    "--all-features",
-                    "--test",
-                    "pipeline",
-                ]
-                .into_iter()
-                .map(String::from)
-                .collect::<Vec<_>>();
-                if !self.args.is_empty() {
-                    args.push("--".into());
-                    args.extend(self.args);
-                }
-                let run = cmd("cargo", &args)
-                    .dir(&root)
-                    .env(artifacts::AGENT_BIN_ENV, agent)
+                let run = cargo_test(&["--test", "pipeline"])
                     .env(PIPELINE_RUNTIME_ENV, "docker")
                     .env(artifacts::AGENT_IMAGE_ENV, image::DEFAULT_TAG)
-                    .unchecked()
                     .run()
                     .context("running the pipeline suite on Docker")?;
                 run.status.success()
