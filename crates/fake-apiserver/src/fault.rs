@@ -4,6 +4,16 @@
 //! Faults are checked in the order they were injected; every matching `Latency` is applied, then
 //! the first matching non-latency action wins.
 //!
+//! Every kind applies to every verb (discovery included) except two that only make sense for
+//! some: [`FaultAction::DropWatch`] fires on watches only, and
+//! [`FaultAction::ExpireResourceVersion`] on lists and watches that name a resourceVersion.
+//!
+//! [`FaultAction::Random`] is the chaos mode: each matching request draws from a seeded RNG
+//! and, with the given probability, suffers one of the chosen kinds (among those that apply to
+//! it). The same seed and the same request sequence give the same faults.
+//! [`FakeApiServer::faults_fired`](crate::FakeApiServer::faults_fired) counts what fired, by
+//! [`FaultKind`].
+//!
 //! ```
 //! use std::time::Duration;
 //! use fake_apiserver::{Fault, Verb};
@@ -12,10 +22,18 @@
 //! let flaky = Fault::status(503, "ServiceUnavailable").verb(Verb::Create).resource("sandboxclaims").times(2);
 //! // Every request is slowed down by 50 ms.
 //! let slow = Fault::latency(Duration::from_millis(50));
-//! # let _ = (flaky, slow);
+//! // One request in ten, on any verb, fails in one of every way (seeded, so reproducible).
+//! let chaos = Fault::random(RandomFaults::every_kind(7, 0.1));
+//! # let _ = (flaky, slow, chaos);
+//! # use fake_apiserver::RandomFaults;
 //! ```
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 
 use crate::requests::Verb;
 
@@ -36,7 +54,7 @@ pub struct FaultMatch {
 }
 
 /// What happens to a matched request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum FaultAction {
     /// Answer with a `Status` error, e.g. 500, 503, or 429 with `Retry-After`.
     Status {
@@ -59,10 +77,150 @@ pub enum FaultAction {
     ExpireResourceVersion,
     /// Close the TCP connection without answering.
     ResetConnection,
+    /// With a probability per request, one of several actions, drawn from a seeded RNG.
+    Random(RandomFaults),
+}
+
+impl FaultAction {
+    /// What kind of fault this is, for [`FaultCounts`]; `None` for [`FaultAction::Random`]
+    /// (what fires is one of its actions).
+    pub fn kind(&self) -> Option<FaultKind> {
+        Some(match self {
+            Self::Status { code, .. } => FaultKind::Status(*code),
+            Self::Latency(_) => FaultKind::Latency,
+            Self::DropWatch { .. } => FaultKind::DropWatch,
+            Self::ExpireResourceVersion => FaultKind::Expired,
+            Self::ResetConnection => FaultKind::ResetConnection,
+            Self::Random(_) => return None,
+        })
+    }
+
+    /// Whether this action can happen to `req` at all.
+    fn applies_to(&self, req: &RequestFacts<'_>) -> bool {
+        match self {
+            Self::DropWatch { .. } => req.verb == Verb::Watch,
+            Self::ExpireResourceVersion => {
+                matches!(req.verb, Verb::List | Verb::Watch) && req.has_resource_version
+            }
+            _ => true,
+        }
+    }
+}
+
+/// The chaos mode of [`FaultAction::Random`]: every matching request fires one of `actions`
+/// (chosen uniformly among those that apply to it) with `probability`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RandomFaults {
+    /// Seed of the RNG (one RNG per injected fault, drawn once per matching request).
+    pub seed: u64,
+    /// Chance that a matching request suffers a fault, `0.0..=1.0`.
+    pub probability: f64,
+    /// The kinds to choose from (nested [`FaultAction::Random`]s are ignored).
+    pub actions: Vec<FaultAction>,
+}
+
+impl RandomFaults {
+    /// Every kind: 500, 503, 429 with `Retry-After: 1`, a connection reset, 200 ms of latency,
+    /// a watch dropped after one event, and 410 Expired on lists and watches from a
+    /// resourceVersion.
+    pub fn every_kind(seed: u64, probability: f64) -> Self {
+        Self {
+            seed,
+            probability,
+            actions: vec![
+                FaultAction::Status {
+                    code: 500,
+                    reason: "InternalError".to_owned(),
+                    retry_after_secs: None,
+                },
+                FaultAction::Status {
+                    code: 503,
+                    reason: "ServiceUnavailable".to_owned(),
+                    retry_after_secs: None,
+                },
+                FaultAction::Status {
+                    code: 429,
+                    reason: "TooManyRequests".to_owned(),
+                    retry_after_secs: Some(1),
+                },
+                FaultAction::ResetConnection,
+                FaultAction::Latency(Duration::from_millis(200)),
+                FaultAction::DropWatch { after_events: 1 },
+                FaultAction::ExpireResourceVersion,
+            ],
+        }
+    }
+}
+
+/// A kind of fault, as [`FaultCounts`] counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultKind {
+    /// A `Status` error with this HTTP code (500, 503, 429, …).
+    Status(u16),
+    /// A delay before the request was handled.
+    Latency,
+    /// The connection was closed without an answer.
+    ResetConnection,
+    /// A watch was cut off.
+    DropWatch,
+    /// A list or watch was answered 410 Expired.
+    Expired,
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Status(code) => write!(f, "status {code}"),
+            Self::Latency => f.write_str("latency"),
+            Self::ResetConnection => f.write_str("connection reset"),
+            Self::DropWatch => f.write_str("dropped watch"),
+            Self::Expired => f.write_str("410 expired"),
+        }
+    }
+}
+
+/// How many faults fired, by kind (injected and random ones alike).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    counts: BTreeMap<FaultKind, u64>,
+}
+
+impl FaultCounts {
+    /// Faults of this kind that fired.
+    pub fn count(&self, kind: FaultKind) -> u64 {
+        self.counts.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// All faults that fired.
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    /// Every `(kind, count)` that fired at least once, sorted.
+    pub fn iter(&self) -> impl Iterator<Item = (FaultKind, u64)> + '_ {
+        self.counts.iter().map(|(k, n)| (*k, *n))
+    }
+}
+
+impl fmt::Display for FaultCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (kind, n) in self.iter() {
+            if !first {
+                f.write_str(", ")?;
+            }
+            first = false;
+            write!(f, "{kind}: {n}")?;
+        }
+        if first {
+            f.write_str("none")?;
+        }
+        Ok(())
+    }
 }
 
 /// A fault to [`inject`](crate::FakeApiServer::inject).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Fault {
     /// Which requests.
     pub matcher: FaultMatch,
@@ -119,6 +277,11 @@ impl Fault {
     /// Close connections without an answer.
     pub fn reset_connection() -> Self {
         Self::new(FaultAction::ResetConnection)
+    }
+
+    /// The chaos mode: matching requests fail at random ([`RandomFaults`]).
+    pub fn random(random: RandomFaults) -> Self {
+        Self::new(FaultAction::Random(random))
     }
 
     /// Only requests with this verb.
@@ -182,13 +345,7 @@ pub(crate) struct RequestFacts<'a> {
 
 impl FaultMatch {
     fn matches(&self, req: &RequestFacts<'_>, action: &FaultAction) -> bool {
-        let applicable = match action {
-            FaultAction::DropWatch { .. } => req.verb == Verb::Watch,
-            FaultAction::ExpireResourceVersion => {
-                matches!(req.verb, Verb::List | Verb::Watch) && req.has_resource_version
-            }
-            _ => true,
-        };
+        let applicable = action.applies_to(req);
         let resource_ok = self.resource.as_deref().is_none_or(|r| {
             r == req.resource
                 || req
@@ -208,6 +365,8 @@ struct Entry {
     fault: Fault,
     seen: u32,
     fired: u32,
+    /// The RNG of a [`FaultAction::Random`].
+    rng: Option<StdRng>,
 }
 
 /// The injected faults.
@@ -215,6 +374,7 @@ struct Entry {
 pub(crate) struct Faults {
     next_id: u64,
     entries: Vec<Entry>,
+    counts: FaultCounts,
 }
 
 /// The faults that fire for one request.
@@ -228,13 +388,23 @@ impl Faults {
     pub(crate) fn inject(&mut self, fault: Fault) -> FaultId {
         self.next_id += 1;
         let id = FaultId(self.next_id);
+        let rng = match &fault.action {
+            FaultAction::Random(r) => Some(StdRng::seed_from_u64(r.seed)),
+            _ => None,
+        };
         self.entries.push(Entry {
             id,
             fault,
             seen: 0,
             fired: 0,
+            rng,
         });
         id
+    }
+
+    /// What fired so far.
+    pub(crate) fn counts(&self) -> FaultCounts {
+        self.counts.clone()
     }
 
     pub(crate) fn remove(&mut self, id: FaultId) {
@@ -261,14 +431,49 @@ impl Faults {
             {
                 continue;
             }
+            let action = match (&entry.fault.action, entry.rng.as_mut()) {
+                (FaultAction::Random(random), Some(rng)) => {
+                    match draw(random, rng, req, decision.action.is_some()) {
+                        Some(action) => action,
+                        None => continue,
+                    }
+                }
+                (action, _) => action.clone(),
+            };
             entry.fired += 1;
-            match &entry.fault.action {
-                FaultAction::Latency(d) => decision.latency += *d,
-                other => decision.action = Some(other.clone()),
+            if let Some(kind) = action.kind() {
+                *self.counts.counts.entry(kind).or_default() += 1;
+            }
+            match action {
+                FaultAction::Latency(d) => decision.latency += d,
+                other => decision.action = Some(other),
             }
         }
         decision
     }
+}
+
+/// One draw of a random fault for `req`: `None` when it does not fire, or fires nothing that
+/// applies (only latency, when another fault already decided the answer).
+fn draw(
+    random: &RandomFaults,
+    rng: &mut StdRng,
+    req: &RequestFacts<'_>,
+    decided: bool,
+) -> Option<FaultAction> {
+    if !rng.random_bool(random.probability.clamp(0.0, 1.0)) {
+        return None;
+    }
+    let candidates: Vec<&FaultAction> = random
+        .actions
+        .iter()
+        .filter(|a| !matches!(a, FaultAction::Random(_)) && a.applies_to(req))
+        .filter(|a| !decided || matches!(a, FaultAction::Latency(_)))
+        .collect();
+    if candidates.is_empty() {
+        return None;
+    }
+    Some(candidates[rng.random_range(0..candidates.len())].clone())
 }
 
 #[cfg(test)]
@@ -309,5 +514,65 @@ mod tests {
             ..create()
         };
         assert!(faults.decide(&other).action.is_none());
+    }
+
+    fn watch_from(rv: bool) -> RequestFacts<'static> {
+        RequestFacts {
+            verb: Verb::Watch,
+            has_resource_version: rv,
+            ..create()
+        }
+    }
+
+    #[test]
+    fn random_faults_fire_at_about_their_probability_and_are_counted_by_kind() {
+        let mut faults = Faults::default();
+        faults.inject(Fault::random(RandomFaults::every_kind(42, 0.25)));
+        let mut fired = 0;
+        for _ in 0..4000 {
+            let d = faults.decide(&watch_from(true));
+            if d.action.is_some() || !d.latency.is_zero() {
+                fired += 1;
+            }
+        }
+        assert!((800..1200).contains(&fired), "{fired} of 4000 at p=0.25");
+        let counts = faults.counts();
+        assert_eq!(counts.total(), fired);
+        for kind in [
+            FaultKind::Status(500),
+            FaultKind::Status(503),
+            FaultKind::Status(429),
+            FaultKind::ResetConnection,
+            FaultKind::Latency,
+            FaultKind::DropWatch,
+            FaultKind::Expired,
+        ] {
+            assert!(counts.count(kind) > 50, "{kind} fired {}", counts.count(kind));
+        }
+    }
+
+    #[test]
+    fn random_faults_choose_only_kinds_that_apply_to_the_request() {
+        let mut faults = Faults::default();
+        faults.inject(Fault::random(RandomFaults::every_kind(1, 1.0)));
+        for _ in 0..500 {
+            faults.decide(&create());
+        }
+        let counts = faults.counts();
+        assert_eq!(counts.total(), 500, "p=1 fires on every request");
+        assert_eq!(counts.count(FaultKind::DropWatch), 0, "a create is no watch");
+        assert_eq!(counts.count(FaultKind::Expired), 0, "a create names no resourceVersion");
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_faults() {
+        let run = || {
+            let mut faults = Faults::default();
+            faults.inject(Fault::random(RandomFaults::every_kind(9, 0.5)));
+            (0..200)
+                .map(|_| faults.decide(&watch_from(true)).action.and_then(|a| a.kind()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run());
     }
 }

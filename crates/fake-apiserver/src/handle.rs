@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::crd::{self, Registry, Resource};
-use crate::fault::{Fault, FaultId, Faults};
+use crate::fault::{Fault, FaultCounts, FaultId, Faults};
 use crate::kubeconfig;
 use crate::options::FakeApiServerOptions;
 use crate::requests::RequestLog;
@@ -187,9 +187,14 @@ impl FakeApiServer {
         self.inner.shared.lock().faults.remove(id);
     }
 
-    /// Removes all injected faults.
+    /// Removes all injected faults (what fired stays counted).
     pub fn clear_faults(&self) {
         self.inner.shared.lock().faults.clear();
+    }
+
+    /// How many injected faults fired so far, by kind.
+    pub fn faults_fired(&self) -> FaultCounts {
+        self.inner.shared.lock().faults.counts()
     }
 
     /// The stored objects of a resource (in one namespace, or all), without going through HTTP

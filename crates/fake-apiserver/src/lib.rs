@@ -77,7 +77,7 @@ mod store;
 mod watch;
 
 pub use crd::Error as CrdError;
-pub use fault::{Fault, FaultAction, FaultId, FaultMatch};
+pub use fault::{Fault, FaultAction, FaultCounts, FaultId, FaultKind, FaultMatch, RandomFaults};
 pub use handle::{Error, FakeApiServer};
 pub use options::FakeApiServerOptions;
 pub use requests::{RequestLog, Verb};

@@ -329,7 +329,8 @@ async fn dispatch(
             )));
         }
         Some(FaultAction::ExpireResourceVersion) => expire = true,
-        Some(FaultAction::Latency(_)) | None => {}
+        // `decide` resolves a random fault to the action it drew.
+        Some(FaultAction::Latency(_) | FaultAction::Random(_)) | None => {}
     }
 
     let body = match Limited::new(body, MAX_BODY).collect().await {

@@ -31,7 +31,10 @@
 mod controller;
 mod runtime;
 
-pub use controller::{ForcedReason, ReadyMode, ReplaceError, SimulatedController, name_hash};
+pub use controller::{
+    CLAIM_WORKERS, ForcedReason, POD_SWEEP_INTERVAL, ReadyMode, ReconcileError, ReplaceError,
+    SANDBOX_WORKERS, SimulatedController, name_hash,
+};
 pub use fake_apiserver::*;
 pub use runtime::{LoopbackRuntime, PodRequest, PodRuntime, PodRuntimeError, PodStarted};
 
@@ -373,6 +376,11 @@ impl FakeCluster {
     /// The simulated controller (ready gate, forced reasons).
     pub fn controller(&self) -> &SimulatedController {
         &self.controller
+    }
+
+    /// Restarts the simulated controller: see [`SimulatedController::restart`].
+    pub fn restart_controller(&mut self) {
+        self.controller.restart();
     }
 
     /// Replaces the pod of `sandbox_name` as a node failure or eviction would; see

@@ -1,10 +1,12 @@
 //! Claim reconciling: where a claim's sandbox comes from (a warm pool's member or a cold
 //! start from the template), the reasons a claim fails before any sandbox exists, and
-//! forwarding `Ready` to the claim.
+//! forwarding the Sandbox's `Ready` to the claim.
 
 use super::*;
+use crate::types::{ClaimSandboxStatus, Lifecycle};
 
-/// Reasons the upstream claim controller sets on the claim itself, before any sandbox.
+/// Reasons the upstream claim controller sets on the claim itself, before any sandbox; once
+/// set they stay until the claim changes.
 const CLAIM_SIDE_REASONS: &[&str] = &[
     "InvalidMetadata",
     "EnvVarsInjectionRejected",
@@ -12,153 +14,213 @@ const CLAIM_SIDE_REASONS: &[&str] = &[
     "ClaimExpired",
 ];
 
+/// Where a claim's sandbox comes from.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Sources {
+    /// Adopt from `pool` (if any), else cold-start from `template`.
+    Found {
+        pool: Option<String>,
+        template: String,
+    },
+    /// A dependency is missing: `Ready=False` with this reason and message.
+    Missing { reason: &'static str, message: String },
+}
+
+/// What the claim's status should say, given its Sandbox (`None`: the claim's status is
+/// right as it is).
+pub(super) fn forwarded(claim: &DynamicObject, sandbox: &DynamicObject) -> Option<SandboxClaimStatus> {
+    let current = claim_status(claim);
+    let sb = sandbox_status(sandbox);
+    let generation = claim.metadata.generation;
+    let mut ready = match ready_condition(&sb.conditions) {
+        Some(c) => Condition {
+            observed_generation: generation,
+            ..c.clone()
+        },
+        None => condition(
+            "Ready",
+            false,
+            "SandboxNotReady",
+            "Sandbox is not ready",
+            generation,
+        ),
+    };
+    let desired_sandbox = ClaimSandboxStatus {
+        name: Some(sandbox.name_any()),
+        pod_ips: sb.pod_ips,
+    };
+    let unchanged_ready = ready_condition(&current.conditions).filter(|c| same_condition(c, &ready));
+    if let Some(c) = unchanged_ready {
+        if current.sandbox.as_ref() == Some(&desired_sandbox) {
+            return None;
+        }
+        ready.last_transition_time = c.last_transition_time.clone();
+    }
+    Some(SandboxClaimStatus {
+        conditions: vec![ready],
+        sandbox: Some(desired_sandbox),
+    })
+}
+
+/// The claim's `spec.lifecycle`, typed.
+pub(super) fn lifecycle(claim: &DynamicObject) -> Option<Lifecycle> {
+    serde_json::from_value(claim.data["spec"]["lifecycle"].clone()).ok()
+}
+
 impl Shared {
-    pub(super) async fn run_claims(self: Arc<Self>) {
-        let stream = watcher(self.claims_api(), watcher::Config::default());
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(watcher::Event::Apply(claim) | watcher::Event::InitApply(claim)) => {
-                    if let Err(e) = Arc::clone(&self).reconcile_claim(claim).await {
-                        tracing::warn!(error = %e, "simulated controller: claim reconcile failed");
-                    }
-                }
-                Ok(watcher::Event::Delete(claim)) => self.claim_deleted(&claim).await,
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "simulated controller: claim watch error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-
-    pub(super) async fn claim_deleted(&self, claim: &DynamicObject) {
-        let uid = claim.uid().unwrap_or_default();
-        let state = lock(&self.claims).remove(&uid);
-        if let Some(sandbox) = state.and_then(|s| s.sandbox) {
-            // Kubernetes GC (the fake's owner cascade) deletes the Sandbox; the pod is ours.
-            let _ = self
-                .sandboxes_api()
-                .delete(&sandbox, &DeleteParams::background())
-                .await;
-            self.stop_pod(&sandbox).await;
-        }
-    }
-
-    pub(super) async fn patch_claim_status(
-        &self,
-        name: &str,
-        status: Value,
-    ) -> Result<(), kube::Error> {
-        self.claims_api()
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await
-            .map(drop)
-    }
-
-    pub(super) async fn set_claim_ready(
-        &self,
+    pub(super) async fn reconcile_claim(
+        self: &Arc<Self>,
         claim: &DynamicObject,
-        ready: Value,
-        sandbox: Value,
-    ) -> Result<(), kube::Error> {
-        self.patch_claim_status(
-            &claim.name_any(),
-            json!({ "conditions": [ready], "sandbox": sandbox }),
-        )
-        .await
-    }
-
-    /// Boxed (with an explicit `Send`) because the not-found requeue recurses into it.
-    pub(super) fn reconcile_claim(
-        self: Arc<Self>,
-        claim: DynamicObject,
-    ) -> BoxFuture<'static, Result<(), kube::Error>> {
-        Box::pin(self.reconcile_claim_inner(claim))
-    }
-
-    pub(super) async fn reconcile_claim_inner(
-        self: Arc<Self>,
-        claim: DynamicObject,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<Action, ReconcileError> {
         if claim.metadata.deletion_timestamp.is_some() {
-            return Ok(());
+            return Ok(Action::await_change());
         }
         let uid = claim.uid().unwrap_or_default();
-        let name = claim.name_any();
-        let generation = claim.metadata.generation;
-        let shutdown_time = claim.data["spec"]["lifecycle"]["shutdownTime"]
-            .as_str()
-            .map(str::to_owned);
-        let (first_time, reschedule) = {
-            let mut claims = lock(&self.claims);
-            let state = claims.entry(uid.clone()).or_default();
-            let first = !state.provisioned;
-            state.provisioned = true;
-            let reschedule = state.shutdown_time != shutdown_time;
-            state.shutdown_time.clone_from(&shutdown_time);
-            (first, reschedule)
+        let shutdown = lifecycle(claim)
+            .and_then(|l| l.shutdown_time)
+            .map(|t| t.0);
+        if shutdown.is_some_and(|t| t <= jiff::Timestamp::now()) {
+            self.expire(claim).await?;
+            return Ok(Action::await_change());
+        }
+        // Wake up at the shutdown time (the upstream controller requeues the same way).
+        let after = |action: Action| match shutdown {
+            Some(t) => {
+                let wait = Duration::try_from(t.duration_since(jiff::Timestamp::now()))
+                    .unwrap_or_default();
+                Action::requeue(wait.max(Duration::from_millis(10)))
+            }
+            None => action,
         };
-        if let Some(t) = shutdown_time
-            .as_deref()
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        let status = claim_status(claim);
+        if let Some(sandbox) = self.sandbox_of(claim, &status) {
+            if let Some(desired) = forwarded(claim, &sandbox) {
+                let ready = desired.conditions[0].clone();
+                self.set_claim_ready(claim, &ready, desired.sandbox).await?;
+            }
+            return Ok(after(Action::await_change()));
+        }
+        if status
+            .ready()
+            .is_some_and(|c| CLAIM_SIDE_REASONS.contains(&c.reason.as_str()))
         {
-            if t <= jiff::Timestamp::now() {
-                return self.expire(&claim).await;
-            }
-            if reschedule {
-                let me = Arc::clone(&self);
-                let (uid, name, at) = (uid.clone(), name.clone(), t);
-                tokio::spawn(async move {
-                    let wait = at.duration_since(jiff::Timestamp::now());
-                    tokio::time::sleep(Duration::try_from(wait).unwrap_or_default()).await;
-                    me.check_expiry(&uid, &name).await;
-                });
-            }
+            return Ok(after(Action::await_change()));
         }
-        if !first_time {
-            return Ok(());
-        }
-        let forced = lock(&self.forced).pop_front();
+        // The first reconcile of a claim takes the next forced reason, if any.
+        let forced = lock(&self.seen_claims)
+            .insert(uid.clone())
+            .then(|| lock(&self.forced).pop_front())
+            .flatten();
         if let Some(f) = &forced
             && CLAIM_SIDE_REASONS.contains(&f.reason.as_str())
         {
-            let ready = condition("Ready", false, &f.reason, &f.message, generation);
-            return self.set_claim_ready(&claim, ready, json!(null)).await;
+            let ready = condition("Ready", false, &f.reason, &f.message, claim.metadata.generation);
+            self.set_claim_ready(claim, &ready, None).await?;
+            return Ok(after(Action::await_change()));
         }
-        self.provision(claim, forced).await
+        let (pool, template) = match self.resolve_sources(claim).await? {
+            Sources::Found { pool, template } => (pool, template),
+            Sources::Missing { reason, message } => {
+                let ready = condition("Ready", false, reason, &message, claim.metadata.generation);
+                if !status.ready().is_some_and(|c| same_condition(c, &ready)) {
+                    self.set_claim_ready(claim, &ready, None).await?;
+                }
+                return Ok(Action::requeue(NOT_FOUND_RETRY));
+            }
+        };
+        if forced.is_none()
+            && let Some(pool) = &pool
+            && let Some(sandbox) = self.adopt(claim, pool).await?
+        {
+            let name = sandbox.name_any();
+            lock(&self.bound).insert(uid, name);
+            if let Some(desired) = forwarded(claim, &sandbox) {
+                let ready = desired.conditions[0].clone();
+                self.set_claim_ready(claim, &ready, desired.sandbox).await?;
+            }
+            return Ok(after(Action::await_change()));
+        }
+        let Some(template) = self
+            .templates_api()
+            .get_opt(&template)
+            .await
+            .map_err(step("read template"))?
+        else {
+            let ready = condition(
+                "Ready",
+                false,
+                "TemplateNotFound",
+                &format!("SandboxTemplate \"{template}\" not found"),
+                claim.metadata.generation,
+            );
+            if !status.ready().is_some_and(|c| same_condition(c, &ready)) {
+                self.set_claim_ready(claim, &ready, None).await?;
+            }
+            return Ok(Action::requeue(NOT_FOUND_RETRY));
+        };
+        let sandbox = self.cold_start(claim, &template, forced).await?;
+        lock(&self.bound).insert(uid, sandbox.name_any());
+        if let Some(desired) = forwarded(claim, &sandbox) {
+            let ready = desired.conditions[0].clone();
+            self.set_claim_ready(claim, &ready, desired.sandbox).await?;
+        }
+        Ok(after(Action::await_change()))
+    }
+
+    /// The Sandbox this claim controls, from what this controller bound it to, the claim's
+    /// `status.sandbox.name`, or a store scan by the claim-uid label.
+    pub(super) fn sandbox_of(
+        &self,
+        claim: &DynamicObject,
+        status: &SandboxClaimStatus,
+    ) -> Option<Arc<DynamicObject>> {
+        let uid = claim.uid().unwrap_or_default();
+        let controlled = |s: &DynamicObject| {
+            s.metadata.deletion_timestamp.is_none()
+                && controller_of(s).is_some_and(|o| o.uid == uid)
+        };
+        let bound = lock(&self.bound).get(&uid).cloned();
+        let named = status.sandbox.as_ref().and_then(|s| s.name.clone());
+        for name in bound.into_iter().chain(named) {
+            if let Some(s) = self.stored_sandbox(&name).filter(|s| controlled(s)) {
+                return Some(s);
+            }
+        }
+        self.sandboxes
+            .find(|s| s.labels().get(labels::CLAIM_UID) == Some(&uid) && controlled(s))
     }
 
     /// Finds the pool to adopt from and the template to cold-start from.
     pub(super) async fn resolve_sources(
         &self,
         claim: &DynamicObject,
-    ) -> Result<Result<(Option<String>, String), (String, String)>, kube::Error> {
+    ) -> Result<Sources, ReconcileError> {
         let spec = &claim.data["spec"];
-        match self.version {
+        match self.res.version {
             ApiVersion::V1beta1 => {
                 let pool = spec["warmPoolRef"]["name"]
                     .as_str()
                     .unwrap_or_default()
                     .to_owned();
-                match self.pools_api().get_opt(&pool).await? {
-                    None => Ok(Err((
-                        "WarmPoolNotFound".into(),
-                        format!("SandboxWarmPool \"{pool}\" not found"),
-                    ))),
-                    Some(p) => {
-                        let template = p.data["spec"]["sandboxTemplateRef"]["name"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned();
-                        Ok(Ok((Some(pool), template)))
-                    }
-                }
+                let found = match self.stored_pool(&pool) {
+                    Some(p) => Some((*p).clone()),
+                    // The store may lag a pool created a moment ago: ask the server.
+                    None => self
+                        .pools_api()
+                        .get_opt(&pool)
+                        .await
+                        .map_err(step("read warm pool"))?,
+                };
+                Ok(match found {
+                    None => Sources::Missing {
+                        reason: "WarmPoolNotFound",
+                        message: format!("SandboxWarmPool \"{pool}\" not found"),
+                    },
+                    Some(p) => Sources::Found {
+                        template: warm_pools::template_of(&p),
+                        pool: Some(pool),
+                    },
+                })
             }
             ApiVersion::V1alpha1 => {
                 let template = spec["sandboxTemplateRef"]["name"]
@@ -169,101 +231,90 @@ impl Shared {
                 let pool = match policy {
                     "none" => None,
                     "default" | "" => self
-                        .pools_api()
-                        .list(&ListParams::default())
-                        .await?
-                        .items
-                        .into_iter()
-                        .find(|p| p.data["spec"]["sandboxTemplateRef"]["name"] == template.as_str())
+                        .pools
+                        .find(|p| warm_pools::template_of(p) == template)
                         .map(|p| p.name_any()),
                     named => Some(named.to_owned()),
                 };
-                Ok(Ok((pool, template)))
+                Ok(Sources::Found { pool, template })
             }
         }
     }
+}
 
-    pub(super) async fn provision(
-        self: Arc<Self>,
-        claim: DynamicObject,
-        forced: Option<ForcedReason>,
-    ) -> Result<(), kube::Error> {
-        let generation = claim.metadata.generation;
-        let (pool, template) = match self.resolve_sources(&claim).await? {
-            Ok(found) => found,
-            Err((reason, message)) => return self.not_found(claim, &reason, &message).await,
-        };
-        if forced.is_none()
-            && let Some(pool) = &pool
-            && let Some(sandbox) = self.adopt(&claim, pool).await?
-        {
-            let ips = sandbox.data["status"]["podIPs"].clone();
-            let name = sandbox.name_any();
-            self.remember_sandbox(&claim, &name);
-            let ready = condition(
-                "Ready",
-                true,
-                "DependenciesReady",
-                "Pod is Ready; Service Exists",
-                generation,
-            );
-            self.set_claim_ready(&claim, ready, json!({ "name": name, "podIPs": ips }))
-                .await?;
-            let me = Arc::clone(&self);
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                if let Err(e) = me.ensure_pool(&pool).await {
-                    tracing::warn!(error = %e, "simulated controller: replenish failed");
-                }
-            });
-            return Ok(());
-        }
-        let Some(tpl) = self.templates_api().get_opt(&template).await? else {
-            return self
-                .not_found(
-                    claim,
-                    "TemplateNotFound",
-                    &format!("SandboxTemplate \"{template}\" not found"),
-                )
-                .await;
-        };
-        self.cold_start(claim, &tpl, forced).await
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(value: Value) -> DynamicObject {
+        serde_json::from_value(value).unwrap()
     }
 
-    /// Reports a missing pool/template and retries like the controller does (it
-    /// re-reconciles on pool/template creation; here a 500 ms requeue).
-    pub(super) async fn not_found(
-        self: Arc<Self>,
-        claim: DynamicObject,
-        reason: &str,
-        message: &str,
-    ) -> Result<(), kube::Error> {
-        let ready = condition("Ready", false, reason, message, claim.metadata.generation);
-        self.set_claim_ready(&claim, ready, json!(null)).await?;
-        let uid = claim.uid().unwrap_or_default();
-        let me = Arc::clone(&self);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let Ok(Some(fresh)) = me.claims_api().get_opt(&claim.name_any()).await else {
-                return;
-            };
-            if fresh.uid().as_deref() != Some(uid.as_str()) {
-                return;
-            }
-            if let Some(state) = lock(&me.claims).get_mut(&uid) {
-                state.provisioned = false;
-            }
-            if let Err(e) = Arc::clone(&me).reconcile_claim(fresh).await {
-                tracing::warn!(error = %e, "simulated controller: requeue failed");
-            }
-        });
-        Ok(())
+    fn claim(status: Value) -> DynamicObject {
+        object(json!({
+            "apiVersion": "extensions.agents.x-k8s.io/v1beta1",
+            "kind": "SandboxClaim",
+            "metadata": { "name": "c", "uid": "u1", "generation": 3 },
+            "spec": { "warmPoolRef": { "name": "p" } },
+            "status": status,
+        }))
     }
 
-    pub(super) fn remember_sandbox(&self, claim: &DynamicObject, sandbox: &str) {
-        lock(&self.claims)
-            .entry(claim.uid().unwrap_or_default())
-            .or_default()
-            .sandbox = Some(sandbox.to_owned());
+    fn sandbox(status: Value) -> DynamicObject {
+        object(json!({
+            "apiVersion": "agents.x-k8s.io/v1beta1",
+            "kind": "Sandbox",
+            "metadata": { "name": "s", "uid": "u2", "generation": 1 },
+            "spec": {},
+            "status": status,
+        }))
+    }
+
+    fn ready(status: &str, reason: &str) -> Value {
+        json!({ "type": "Ready", "status": status, "reason": reason, "message": "m",
+                "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1 })
+    }
+
+    #[test]
+    fn a_sandbox_without_conditions_is_forwarded_as_sandbox_not_ready() {
+        let desired = forwarded(&claim(Value::Null), &sandbox(Value::Null)).unwrap();
+        let c = &desired.conditions[0];
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "SandboxNotReady"));
+        assert_eq!(desired.sandbox.unwrap().name.as_deref(), Some("s"));
+    }
+
+    #[test]
+    fn the_sandboxs_ready_is_forwarded_with_the_claims_generation_and_pod_ips() {
+        let sb = sandbox(json!({ "conditions": [ready("True", "DependenciesReady")], "podIPs": ["10.0.0.7"] }));
+        let desired = forwarded(&claim(Value::Null), &sb).unwrap();
+        let c = &desired.conditions[0];
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "DependenciesReady"));
+        assert_eq!(c.observed_generation, Some(3));
+        assert_eq!(desired.sandbox.unwrap().pod_ips, ["10.0.0.7"]);
+    }
+
+    #[test]
+    fn a_claim_that_already_says_what_its_sandbox_says_is_not_written_again() {
+        let sb = sandbox(json!({ "conditions": [ready("True", "DependenciesReady")], "podIPs": ["10.0.0.7"] }));
+        let up_to_date = claim(json!({
+            "conditions": [ready("True", "DependenciesReady")],
+            "sandbox": { "name": "s", "podIPs": ["10.0.0.7"] },
+        }));
+        assert!(forwarded(&up_to_date, &sb).is_none());
+        let stale_ip = claim(json!({
+            "conditions": [ready("True", "DependenciesReady")],
+            "sandbox": { "name": "s", "podIPs": ["10.0.0.1"] },
+        }));
+        assert!(forwarded(&stale_ip, &sb).is_some());
+    }
+
+    #[test]
+    fn the_lifecycle_is_read_typed() {
+        let mut c = claim(Value::Null);
+        c.data["spec"]["lifecycle"] = json!({ "shutdownTime": "2030-01-01T00:00:00Z", "shutdownPolicy": "Delete" });
+        let l = lifecycle(&c).unwrap();
+        assert_eq!(l.shutdown_policy, Some(crate::types::ShutdownPolicy::Delete));
+        assert!(l.shutdown_time.is_some());
+        assert!(lifecycle(&claim(Value::Null)).is_none());
     }
 }

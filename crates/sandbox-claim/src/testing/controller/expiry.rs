@@ -1,27 +1,15 @@
 //! Claim lifecycle expiry: `ClaimExpired` at `shutdownTime`, then what `shutdownPolicy` says.
 
 use super::*;
+use crate::types::ShutdownPolicy;
 
 impl Shared {
-    pub(super) async fn check_expiry(&self, uid: &str, name: &str) {
-        let Ok(Some(claim)) = self.claims_api().get_opt(name).await else {
-            return;
-        };
-        if claim.uid().as_deref() != Some(uid) {
-            return;
-        }
-        let due = claim.data["spec"]["lifecycle"]["shutdownTime"]
-            .as_str()
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .is_some_and(|t| t <= jiff::Timestamp::now());
-        if due && let Err(e) = self.expire(&claim).await {
-            tracing::warn!(error = %e, "simulated controller: expiry failed");
-        }
-    }
-
-    /// As upstream: set `ClaimExpired`, then delete per `shutdownPolicy`.
-    pub(super) async fn expire(&self, claim: &DynamicObject) -> Result<(), kube::Error> {
+    /// As upstream: set `ClaimExpired`, then delete per `shutdownPolicy` (`Delete`,
+    /// `DeleteForeground`: the claim; `Retain`: its Sandbox, keeping the claim). Repeating it
+    /// writes nothing new.
+    pub(super) async fn expire(&self, claim: &DynamicObject) -> Result<(), ReconcileError> {
         let name = claim.name_any();
+        let status = claim_status(claim);
         let ready = condition(
             "Ready",
             false,
@@ -29,17 +17,17 @@ impl Shared {
             "Claim expired. Sandbox cleanup initiated.",
             claim.metadata.generation,
         );
-        let policy = claim.data["spec"]["lifecycle"]["shutdownPolicy"]
-            .as_str()
-            .unwrap_or("Retain");
-        let sandbox = lock(&self.claims)
-            .get(&claim.uid().unwrap_or_default())
-            .and_then(|s| s.sandbox.clone());
+        let already = status.ready().is_some_and(|c| same_condition(c, &ready));
+        let policy = claims::lifecycle(claim)
+            .and_then(|l| l.shutdown_policy)
+            .unwrap_or_default();
         match policy {
-            "Delete" | "DeleteForeground" => {
-                self.patch_claim_status(&name, json!({ "conditions": [ready] }))
-                    .await?;
-                let dp = if policy == "Delete" {
+            ShutdownPolicy::Delete | ShutdownPolicy::DeleteForeground => {
+                if !already {
+                    self.set_claim_ready(claim, &ready, status.sandbox.clone())
+                        .await?;
+                }
+                let dp = if policy == ShutdownPolicy::Delete {
                     DeleteParams::background()
                 } else {
                     DeleteParams::foreground()
@@ -47,19 +35,28 @@ impl Shared {
                 match self.claims_api().delete(&name, &dp).await {
                     Ok(_) => Ok(()),
                     Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
-                    Err(e) => Err(e),
+                    Err(e) => Err(step("delete expired claim")(e)),
                 }
             }
-            _ => {
-                if let Some(sb) = sandbox {
-                    let _ = self
+            ShutdownPolicy::Retain => {
+                if let Some(sandbox) = self.sandbox_of(claim, &status) {
+                    let sb = sandbox.name_any();
+                    match self
                         .sandboxes_api()
                         .delete(&sb, &DeleteParams::background())
-                        .await;
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                        Err(e) => return Err(step("delete expired claim's sandbox")(e)),
+                    }
                     self.stop_pod(&sb).await;
                 }
-                self.patch_claim_status(&name, json!({ "conditions": [ready], "sandbox": null }))
-                    .await
+                lock(&self.bound).remove(&claim.uid().unwrap_or_default());
+                if already && status.sandbox.is_none() {
+                    return Ok(());
+                }
+                self.set_claim_ready(claim, &ready, None).await
             }
         }
     }

@@ -2,43 +2,87 @@
 //! `kube::Client`, i.e. over the same HTTP path as the upstream controller, and writes what
 //! the upstream controllers write (the conformance suite checks it against their CRDs).
 //!
-//! Implemented: cold path (Sandbox named after the claim, owned by it), warm pools (keep
-//! `replicas` ready members owned by the pool; a claim adopts a ready one, moving the
-//! ownerReference and stripping the pool label; the pool replenishes), `Ready` forwarding
-//! with pod IPs, `WarmPoolNotFound` / `TemplateNotFound`, forced failure reasons, claim
-//! lifecycle expiry (`Delete`, `DeleteForeground`, `Retain`), pod stop on claim delete,
-//! pod loss and recreation ([`SimulatedController::replace_pod`]: node failure, eviction),
-//! and a core `v1` Pod object per running pod (named as the runtime reported, `Running`,
-//! `Ready`, `status.podIP`/`podIPs`; rewritten on replacement, deleted when the pod stops), so
-//! that `pods/{name}/portforward` of the fake API server reaches the pod.
+//! # How it runs (as a controller-runtime controller does)
+//! - Three [`kube::runtime::Controller`]s: claims (which also watch the Sandboxes they own),
+//!   Sandboxes, and warm pools (which also watch the Sandboxes they own or that were adopted
+//!   from them). Each keeps a reflector store fed by a watch, and a keyed work queue: an object
+//!   changed many times while it waits is reconciled once, and one object is never reconciled
+//!   by two workers at once, while different objects are reconciled concurrently
+//!   ([`CLAIM_WORKERS`], [`SANDBOX_WORKERS`]; pools by one worker, as upstream).
+//! - Level-triggered: a reconcile reads the object's current state (and its Sandbox's, from the
+//!   store) and does what is missing, so a reconcile that is repeated, or that follows one that
+//!   failed half-way, finishes the job instead of doing it twice. Writes happen only when the
+//!   state differs from what it should be.
+//! - Errors requeue the object with per-object exponential backoff ([`backon`], reset by a
+//!   success); a 429 with `Retry-After` requeues after the server's delay instead.
+//! - Watch errors (a 5xx, a reset, a dropped watch, `410 Gone`) re-watch or re-list with
+//!   kube's watcher backoff; the store is rebuilt from the list, so nothing deleted meanwhile
+//!   is remembered.
+//! - A restart ([`SimulatedController::restart`], or a new controller over the same server)
+//!   resumes from the store: claims without status are provisioned, Sandboxes not yet Ready get
+//!   their pod, Ready ones are taken over as they are.
+//! - Pods follow the Sandboxes: a pod whose Sandbox is gone from the store (deleted directly,
+//!   through its claim's cascade, or by expiry) is stopped by a sweep of the controller's own
+//!   pods every [`POD_SWEEP_INTERVAL`].
+//!
+//! # What it implements
+//! Cold path (Sandbox named after the claim, owned by it), warm pools (keep `replicas`
+//! members owned by the pool; a claim adopts a Ready one, moving the ownerReference and
+//! stripping the pool label; the pool replenishes), `Ready` forwarding with pod IPs,
+//! `WarmPoolNotFound` / `TemplateNotFound` (retried), forced failure reasons
+//! ([`SimulatedController::fail_next`]), claim lifecycle expiry (`Delete`,
+//! `DeleteForeground`, `Retain`), pod loss and recreation
+//! ([`SimulatedController::replace_pod`]: node failure, eviction), and a core `v1` Pod
+//! object per running pod (named as the runtime reported, `Running`, `Ready`,
+//! `status.podIP`/`podIPs`; rewritten on replacement, deleted when the pod stops), so that
+//! `pods/{name}/portforward` of the fake API server reaches the pod.
 //! Not implemented: env / volume claim template merging, additionalPodMetadata validation,
 //! Services, suspend/resume, sandbox-level lifecycle.
 //!
 //! Parts: [`claims`] (claim reconciling: where a claim's sandbox comes from, `Ready`
 //! forwarding), [`warm_pools`] (keeping pools full, adoption), [`sandboxes`] (Sandbox objects
-//! and their pods: cold starts, bring-up, pod replacement), [`expiry`] (claim lifecycle).
+//! and their pods: bring-up, the pod sweep, pod replacement), [`expiry`] (claim lifecycle).
 
 mod claims;
 mod expiry;
+mod replace;
 mod sandboxes;
 mod warm_pools;
 
 use super::runtime::{PodRequest, PodRuntime, PodRuntimeError, PodStarted};
 use crate::api_version::{ApiVersion, EXTENSIONS_GROUP, SANDBOX_GROUP};
 use crate::labels;
+use crate::types::{SandboxClaimStatus, v1beta1};
+use backon::BackoffBuilder as _;
 use futures::StreamExt;
-use futures::future::BoxFuture;
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Config, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+
+/// Claims reconciled at once (upstream's `--sandbox-claim-concurrent-workers` is 50).
+pub const CLAIM_WORKERS: u16 = 64;
+/// Sandboxes (pod bring-ups) reconciled at once (upstream's default is 100).
+pub const SANDBOX_WORKERS: u16 = 64;
+/// How often the controller stops the pods whose Sandbox is gone.
+pub const POD_SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a warm pool is re-checked without any event (a resync period).
+const POOL_RESYNC: Duration = Duration::from_secs(1);
+/// How soon a claim whose pool or template is missing is tried again (upstream: on the
+/// pool's or template's creation, and every minute).
+const NOT_FOUND_RETRY: Duration = Duration::from_millis(500);
+/// First and largest requeue delay after a failed reconcile (controller-runtime's per-item
+/// limiter starts at 5 ms; the cap is kept short so that a test ends soon after faults stop).
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// When a cold sandbox turns Ready.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,34 +102,142 @@ pub struct ForcedReason {
     pub message: String,
 }
 
-struct Shared {
+/// A reconcile that failed, named after the step; the object is requeued with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// An API request failed.
+    #[error("simulated controller: {step} failed")]
+    Api {
+        /// What the controller was doing.
+        step: &'static str,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// An object the controller built did not serialize.
+    #[error("simulated controller: building {what} failed")]
+    Build {
+        /// What was being built.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl ReconcileError {
+    /// The server's `Retry-After` of a 429, if this is one.
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Api {
+                source: kube::Error::Api(s),
+                ..
+            } if s.code == 429 => s
+                .details
+                .as_ref()
+                .map(|d| d.retry_after_seconds)
+                .filter(|s| *s > 0)
+                .map(|s| Duration::from_secs(u64::from(s))),
+            _ => None,
+        }
+    }
+}
+
+/// `Result::map_err` to [`ReconcileError::Api`] for one step.
+fn step(step: &'static str) -> impl FnOnce(kube::Error) -> ReconcileError {
+    move |source| ReconcileError::Api { step, source }
+}
+
+/// The resources the controller speaks, for one namespace and API version.
+#[derive(Clone)]
+struct Resources {
     client: Client,
     namespace: String,
     version: ApiVersion,
+    claim: ApiResource,
+    sandbox: ApiResource,
+    pool: ApiResource,
+    template: ApiResource,
+}
+
+impl Resources {
+    fn new(client: Client, namespace: &str, version: ApiVersion) -> Self {
+        Self {
+            claim: resource(EXTENSIONS_GROUP, version, "SandboxClaim", "sandboxclaims"),
+            sandbox: resource(SANDBOX_GROUP, version, "Sandbox", "sandboxes"),
+            pool: resource(
+                EXTENSIONS_GROUP,
+                version,
+                "SandboxWarmPool",
+                "sandboxwarmpools",
+            ),
+            template: resource(
+                EXTENSIONS_GROUP,
+                version,
+                "SandboxTemplate",
+                "sandboxtemplates",
+            ),
+            client,
+            namespace: namespace.to_owned(),
+            version,
+        }
+    }
+
+    fn api(&self, ar: &ApiResource) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), &self.namespace, ar)
+    }
+}
+
+/// A Sandbox's pod as the controller knows it: which Sandbox object (uid) it belongs to.
+#[derive(Clone, Debug)]
+struct PodEntry {
+    sandbox_uid: String,
+    pod: PodStarted,
+}
+
+struct Shared {
+    res: Resources,
     runtime: Arc<dyn PodRuntime>,
     ready_mode: Mutex<ReadyMode>,
     permits: Arc<Semaphore>,
     forced: Mutex<VecDeque<ForcedReason>>,
-    /// Claim uid → what we did for it.
-    claims: Mutex<HashMap<String, ClaimState>>,
+    /// Sandbox-side forced reasons, by the Sandbox they were given to.
+    forced_sandboxes: Mutex<HashMap<String, ForcedReason>>,
+    /// Claim uids whose first reconcile happened (a forced reason is taken once per claim).
+    seen_claims: Mutex<HashSet<String>>,
+    /// Claim uid → the Sandbox it got, until the store shows it.
+    bound: Mutex<HashMap<String, String>>,
+    /// Sandbox uids handed to a claim, so that a store that lags never hands one out twice.
+    adopted: Mutex<HashSet<String>>,
+    /// Pool → names of members created but not yet seen in the store ("expectations").
+    expected: Mutex<HashMap<String, HashSet<String>>>,
+    /// Sandbox uids whose ready gate ([`ReadyMode`]) was passed.
+    gated: Mutex<HashSet<String>>,
     /// Sandbox name → its current pod (as the runtime reported it), so a stop always
     /// reaches the pod that runs now, also after [`SimulatedController::replace_pod`].
-    pods: Mutex<HashMap<String, PodStarted>>,
+    pods: Mutex<HashMap<String, PodEntry>>,
+    /// Sandboxes whose pod [`SimulatedController::replace_pod`] is replacing now.
+    replacing: Mutex<HashSet<String>>,
+    /// Per-object backoff of failed reconciles.
+    backoffs: Mutex<HashMap<String, backon::ExponentialBackoff>>,
+    sandboxes: Store<DynamicObject>,
+    pools: Store<DynamicObject>,
     pool_lock: tokio::sync::Mutex<()>,
     /// Serializes pod replacements.
     replace_lock: tokio::sync::Mutex<()>,
     counter: std::sync::atomic::AtomicU64,
 }
 
-#[derive(Clone, Debug, Default)]
-struct ClaimState {
-    sandbox: Option<String>,
-    shutdown_time: Option<String>,
-    provisioned: bool,
+/// What survives [`SimulatedController::restart`]: what the controller was started with.
+#[derive(Clone)]
+struct Setup {
+    res: Resources,
+    runtime: Arc<dyn PodRuntime>,
 }
 
 /// The simulated controller; stops when dropped.
 pub struct SimulatedController {
+    setup: Setup,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -93,8 +245,8 @@ pub struct SimulatedController {
 impl std::fmt::Debug for SimulatedController {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SimulatedController")
-            .field("namespace", &self.shared.namespace)
-            .field("version", &self.shared.version)
+            .field("namespace", &self.setup.res.namespace)
+            .field("version", &self.setup.res.version)
             .finish_non_exhaustive()
     }
 }
@@ -127,33 +279,59 @@ fn resource(group: &str, version: ApiVersion, kind: &str, plural: &str) -> ApiRe
     }
 }
 
+/// A condition as upstream writes it (`lastTransitionTime` to the second).
 fn condition(
     type_: &str,
     status: bool,
     reason: &str,
     message: &str,
     generation: Option<i64>,
-) -> Value {
-    let mut c = json!({
-        "type": type_,
-        "status": if status { "True" } else { "False" },
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or(jiff::Timestamp::now()).to_string(),
-    });
-    if let Some(g) = generation {
-        c["observedGeneration"] = json!(g);
+) -> Condition {
+    let now = jiff::Timestamp::now();
+    Condition {
+        type_: type_.to_owned(),
+        status: if status { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        last_transition_time: Time(now.round(jiff::Unit::Second).unwrap_or(now)),
+        observed_generation: generation,
     }
-    c
+}
+
+/// Whether two conditions say the same (time and generation aside).
+fn same_condition(a: &Condition, b: &Condition) -> bool {
+    a.type_ == b.type_ && a.status == b.status && a.reason == b.reason && a.message == b.message
+}
+
+/// `status` of a claim, typed (empty when absent or malformed).
+fn claim_status(claim: &DynamicObject) -> SandboxClaimStatus {
+    serde_json::from_value(claim.data["status"].clone()).unwrap_or_default()
+}
+
+/// `status` of a Sandbox, typed (the shape is the same in both versions).
+fn sandbox_status(sandbox: &DynamicObject) -> v1beta1::SandboxStatus {
+    serde_json::from_value(sandbox.data["status"].clone()).unwrap_or_default()
+}
+
+fn ready_condition(conditions: &[Condition]) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == "Ready")
 }
 
 fn is_ready(sandbox: &DynamicObject) -> bool {
-    sandbox.data["status"]["conditions"]
-        .as_array()
-        .is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
+    let status = sandbox_status(sandbox);
+    ready_condition(&status.conditions).is_some_and(|c| c.status == "True")
+        && !status.pod_ips.is_empty()
+}
+
+/// The controller owner of `obj`, if any.
+fn controller_of(obj: &DynamicObject) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    obj.owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+}
+
+fn watch_config() -> watcher::Config {
+    watcher::Config::default()
 }
 
 impl SimulatedController {
@@ -165,26 +343,123 @@ impl SimulatedController {
         runtime: Arc<dyn PodRuntime>,
         ready_mode: ReadyMode,
     ) -> Self {
-        let shared = Arc::new(Shared {
-            client,
-            namespace: namespace.to_owned(),
-            version,
+        let setup = Setup {
+            res: Resources::new(client, namespace, version),
             runtime,
+        };
+        let (shared, tasks) = Self::run(&setup, ready_mode);
+        Self {
+            setup,
+            shared,
+            tasks,
+        }
+    }
+
+    /// Stops this controller and starts a new one over the same cluster and pod runtime, with
+    /// nothing remembered but the [`ReadyMode`] (pending [`Self::fail_next`] reasons and
+    /// [`Self::make_ready`] permits are dropped), as a controller pod that restarts: the new
+    /// one rebuilds its view from the API server and finishes what was left half-done.
+    pub fn restart(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        let mode = *lock(&self.shared.ready_mode);
+        let (shared, tasks) = Self::run(&self.setup, mode);
+        self.shared = shared;
+        self.tasks = tasks;
+    }
+
+    fn run(setup: &Setup, ready_mode: ReadyMode) -> (Arc<Shared>, Vec<JoinHandle<()>>) {
+        let res = &setup.res;
+        let sandbox_ctl = Controller::new_with(
+            res.api(&res.sandbox),
+            watch_config(),
+            res.sandbox.clone(),
+        )
+        .with_config(Config::default().concurrency(SANDBOX_WORKERS));
+        let pool_ctl = Controller::new_with(res.api(&res.pool), watch_config(), res.pool.clone());
+        let pools = pool_ctl.store();
+        let pools_for_mapper = pool_ctl.store();
+        let pool_resource = res.pool.clone();
+        let pool_ctl = pool_ctl
+            .watches_with(
+                res.api(&res.sandbox),
+                res.sandbox.clone(),
+                watch_config(),
+                move |sandbox| warm_pools::pools_of(&sandbox, &pools_for_mapper, &pool_resource),
+            )
+            .with_config(Config::default().concurrency(1));
+        let claim_ctl = Controller::new_with(res.api(&res.claim), watch_config(), res.claim.clone())
+            .owns_with(res.api(&res.sandbox), res.sandbox.clone(), watch_config())
+            .with_config(Config::default().concurrency(CLAIM_WORKERS));
+        let shared = Arc::new(Shared {
+            res: res.clone(),
+            runtime: Arc::clone(&setup.runtime),
             ready_mode: Mutex::new(ready_mode),
             permits: Arc::new(Semaphore::new(0)),
             forced: Mutex::new(VecDeque::new()),
-            claims: Mutex::new(HashMap::new()),
+            forced_sandboxes: Mutex::new(HashMap::new()),
+            seen_claims: Mutex::new(HashSet::new()),
+            bound: Mutex::new(HashMap::new()),
+            adopted: Mutex::new(HashSet::new()),
+            expected: Mutex::new(HashMap::new()),
+            gated: Mutex::new(HashSet::new()),
             pods: Mutex::new(HashMap::new()),
+            replacing: Mutex::new(HashSet::new()),
+            backoffs: Mutex::new(HashMap::new()),
+            sandboxes: sandbox_ctl.store(),
+            pools,
             pool_lock: tokio::sync::Mutex::new(()),
             replace_lock: tokio::sync::Mutex::new(()),
             counter: std::sync::atomic::AtomicU64::new(0),
         });
-        let claims_task = tokio::spawn(Arc::clone(&shared).run_claims());
-        let pools_task = tokio::spawn(Arc::clone(&shared).run_pools());
-        Self {
+        let drain = |s: futures::stream::BoxStream<'static, ()>| tokio::spawn(s.for_each(|()| async {}));
+        let claims_task = drain(
+            claim_ctl
+                .run(
+                    |claim, ctx: Arc<Shared>| async move {
+                        let key = format!("claim/{}", claim.name_any());
+                        ctx.settle(&key, ctx.reconcile_claim(&claim).await)
+                    },
+                    |claim, error, ctx| ctx.requeue(&format!("claim/{}", claim.name_any()), error),
+                    Arc::clone(&shared),
+                )
+                .map(drop)
+                .boxed(),
+        );
+        let sandboxes_task = drain(
+            sandbox_ctl
+                .run(
+                    |sandbox, ctx: Arc<Shared>| async move {
+                        let key = format!("sandbox/{}", sandbox.name_any());
+                        ctx.settle(&key, ctx.reconcile_sandbox(&sandbox).await)
+                    },
+                    |sandbox, error, ctx| {
+                        ctx.requeue(&format!("sandbox/{}", sandbox.name_any()), error)
+                    },
+                    Arc::clone(&shared),
+                )
+                .map(drop)
+                .boxed(),
+        );
+        let pools_task = drain(
+            pool_ctl
+                .run(
+                    |pool, ctx: Arc<Shared>| async move {
+                        let key = format!("pool/{}", pool.name_any());
+                        ctx.settle(&key, ctx.reconcile_pool(&pool).await)
+                    },
+                    |pool, error, ctx| ctx.requeue(&format!("pool/{}", pool.name_any()), error),
+                    Arc::clone(&shared),
+                )
+                .map(drop)
+                .boxed(),
+        );
+        let sweep_task = tokio::spawn(Arc::clone(&shared).sweep_pods());
+        (
             shared,
-            tasks: vec![claims_task, pools_task],
-        }
+            vec![claims_task, sandboxes_task, pools_task, sweep_task],
+        )
     }
 
     /// Changes when cold sandboxes turn Ready (applies to sandboxes started afterwards).
@@ -209,13 +484,15 @@ impl SimulatedController {
 
     /// The API version the controller speaks.
     pub fn api_version(&self) -> ApiVersion {
-        self.shared.version
+        self.setup.res.version
     }
 
     /// The pod the controller believes runs for `sandbox_name` now (`None` before its pod
     /// started, after it failed to start, and once it was stopped).
     pub fn pod(&self, sandbox_name: &str) -> Option<PodStarted> {
-        lock(&self.shared.pods).get(sandbox_name).cloned()
+        lock(&self.shared.pods)
+            .get(sandbox_name)
+            .map(|e| e.pod.clone())
     }
 
     /// Replaces the pod of `sandbox_name` as a node failure or eviction would (upstream
@@ -319,42 +596,40 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shared {
     fn claims_api(&self) -> Api<DynamicObject> {
-        let ar = resource(
-            EXTENSIONS_GROUP,
-            self.version,
-            "SandboxClaim",
-            "sandboxclaims",
-        );
-        Api::namespaced_with(self.client.clone(), &self.namespace, &ar)
+        self.res.api(&self.res.claim)
     }
 
     fn sandboxes_api(&self) -> Api<DynamicObject> {
-        let ar = resource(SANDBOX_GROUP, self.version, "Sandbox", "sandboxes");
-        Api::namespaced_with(self.client.clone(), &self.namespace, &ar)
+        self.res.api(&self.res.sandbox)
     }
 
     fn pools_api(&self) -> Api<DynamicObject> {
-        let ar = resource(
-            EXTENSIONS_GROUP,
-            self.version,
-            "SandboxWarmPool",
-            "sandboxwarmpools",
-        );
-        Api::namespaced_with(self.client.clone(), &self.namespace, &ar)
+        self.res.api(&self.res.pool)
     }
 
     fn templates_api(&self) -> Api<DynamicObject> {
-        let ar = resource(
-            EXTENSIONS_GROUP,
-            self.version,
-            "SandboxTemplate",
-            "sandboxtemplates",
-        );
-        Api::namespaced_with(self.client.clone(), &self.namespace, &ar)
+        self.res.api(&self.res.template)
+    }
+
+    fn namespace(&self) -> &str {
+        &self.res.namespace
+    }
+
+    /// The Sandbox of that name in the store.
+    fn stored_sandbox(&self, name: &str) -> Option<Arc<DynamicObject>> {
+        self.sandboxes.get(
+            &ObjectRef::new_with(name, self.res.sandbox.clone()).within(&self.res.namespace),
+        )
+    }
+
+    /// The pool of that name in the store.
+    fn stored_pool(&self, name: &str) -> Option<Arc<DynamicObject>> {
+        self.pools
+            .get(&ObjectRef::new_with(name, self.res.pool.clone()).within(&self.res.namespace))
     }
 
     fn api_version_of(&self, group: &str) -> String {
-        format!("{group}/{}", self.version.as_str())
+        format!("{group}/{}", self.res.version.as_str())
     }
 
     fn owner_ref(&self, group: &str, kind: &str, owner: &DynamicObject) -> Value {
@@ -366,5 +641,128 @@ impl Shared {
             "controller": true,
             "blockOwnerDeletion": true,
         }])
+    }
+
+    /// After a reconcile: a success forgets the object's backoff.
+    fn settle(
+        &self,
+        key: &str,
+        result: Result<Action, ReconcileError>,
+    ) -> Result<Action, ReconcileError> {
+        if result.is_ok() {
+            lock(&self.backoffs).remove(key);
+        }
+        result
+    }
+
+    /// After a failed reconcile: when to try the object again.
+    fn requeue(&self, key: &str, error: &ReconcileError) -> Action {
+        let delay = error.retry_after().unwrap_or_else(|| {
+            lock(&self.backoffs)
+                .entry(key.to_owned())
+                .or_insert_with(|| {
+                    backon::ExponentialBuilder::default()
+                        .with_min_delay(BACKOFF_MIN)
+                        .with_max_delay(BACKOFF_MAX)
+                        .with_jitter()
+                        .without_max_times()
+                        .build()
+                })
+                .next()
+                .unwrap_or(BACKOFF_MAX)
+        });
+        tracing::debug!(key, ?delay, error = %error, source = ?std::error::Error::source(error), "simulated controller: reconcile failed, requeued");
+        Action::requeue(delay)
+    }
+
+    /// Merge-patches `status` of a claim.
+    async fn patch_claim_status(&self, name: &str, status: Value) -> Result<(), kube::Error> {
+        self.claims_api()
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await
+            .map(drop)
+    }
+
+    /// Writes a claim's `Ready` condition and `status.sandbox` (`None` clears it).
+    async fn set_claim_ready(
+        &self,
+        claim: &DynamicObject,
+        ready: &Condition,
+        sandbox: Option<crate::types::ClaimSandboxStatus>,
+    ) -> Result<(), ReconcileError> {
+        let status = SandboxClaimStatus {
+            conditions: vec![ready.clone()],
+            sandbox,
+        };
+        let mut value = serde_json::to_value(&status).map_err(|source| ReconcileError::Build {
+            what: "claim status",
+            source,
+        })?;
+        if status.sandbox.is_none() {
+            value["sandbox"] = Value::Null;
+        }
+        match self.patch_claim_status(&claim.name_any(), value).await {
+            // The claim went away meanwhile: nothing left to report to.
+            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+            r => r.map_err(step("write claim status")),
+        }
+    }
+
+    /// Merge-patches `status` of a Sandbox.
+    async fn patch_sandbox_status(&self, name: &str, status: Value) -> Result<(), kube::Error> {
+        self.sandboxes_api()
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await
+            .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16, retry_after: u32) -> ReconcileError {
+        let mut status = kube::core::Status::failure("x", "y").with_code(code);
+        if retry_after > 0 {
+            status.details = serde_json::from_value(json!({ "retryAfterSeconds": retry_after })).ok();
+        }
+        ReconcileError::Api {
+            step: "test",
+            source: kube::Error::Api(Box::new(status)),
+        }
+    }
+
+    #[test]
+    fn a_429_requeues_after_the_servers_retry_after() {
+        assert_eq!(
+            api_error(429, 3).retry_after(),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(api_error(503, 3).retry_after(), None);
+        assert_eq!(api_error(429, 0).retry_after(), None);
+    }
+
+    #[test]
+    fn name_hash_is_upstreams_fnv1a() {
+        assert_eq!(name_hash(""), "811c9dc5");
+        assert_eq!(name_hash("a"), "e40c292c");
+    }
+
+    #[test]
+    fn conditions_compare_by_meaning_not_by_time() {
+        let a = condition("Ready", true, "DependenciesReady", "m", Some(1));
+        let mut b = condition("Ready", true, "DependenciesReady", "m", Some(2));
+        b.last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
+        assert!(same_condition(&a, &b));
+        let c = condition("Ready", false, "DependenciesReady", "m", Some(1));
+        assert!(!same_condition(&a, &c));
     }
 }

@@ -1,15 +1,203 @@
-//! Sandboxes and their pods: the Sandbox object, cold starts, bring-up to `Ready`, stopping
-//! pods, and pod replacement (node failure, eviction).
+//! Sandboxes and their pods: the Sandbox object, cold starts, bring-up to `Ready`, the
+//! sweep that stops pods whose Sandbox is gone, and the core `v1` Pod objects.
 
 use super::*;
+use crate::reason::{ReasonClass, classify};
+
+/// What a Sandbox's reconcile has to do, judged from its state and the pod this controller
+/// knows for it.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Bring {
+    /// Nothing: its pod runs and its status says so, or it failed for good.
+    Nothing,
+    /// Ready with pod IPs, but started by another controller (before a restart): take the
+    /// pod over as it is.
+    TakeOver(IpAddr),
+    /// Start its pod (unless one is known), pass the ready gate, then write `Ready`.
+    Up,
+}
+
+/// Judges a (non-deleting) Sandbox: `known` is whether this controller runs its pod.
+pub(super) fn judge(status: &v1beta1::SandboxStatus, known: bool) -> Bring {
+    let ready = ready_condition(&status.conditions);
+    let ip = status.pod_ips.iter().find_map(|ip| ip.parse::<IpAddr>().ok());
+    match (ready, ip) {
+        (Some(c), Some(_)) if c.status == "True" && known => Bring::Nothing,
+        (Some(c), Some(ip)) if c.status == "True" => Bring::TakeOver(ip),
+        (Some(c), _) if c.status == "False" && classify(&c.reason) == ReasonClass::Terminal => {
+            Bring::Nothing
+        }
+        _ => Bring::Up,
+    }
+}
+
+use std::net::IpAddr;
 
 impl Shared {
+    pub(super) async fn reconcile_sandbox(
+        self: &Arc<Self>,
+        sandbox: &DynamicObject,
+    ) -> Result<Action, ReconcileError> {
+        let name = sandbox.name_any();
+        let uid = sandbox.uid().unwrap_or_default();
+        if sandbox.metadata.deletion_timestamp.is_some() {
+            self.stop_pod(&name).await;
+            return Ok(Action::await_change());
+        }
+        if lock(&self.replacing).contains(&name) {
+            return Ok(Action::requeue(Duration::from_millis(50)));
+        }
+        let known = lock(&self.pods)
+            .get(&name)
+            .filter(|e| e.sandbox_uid == uid)
+            .map(|e| e.pod.clone());
+        let status = sandbox_status(sandbox);
+        match judge(&status, known.is_some()) {
+            Bring::Nothing => Ok(Action::await_change()),
+            Bring::TakeOver(ip) => {
+                let pod = PodStarted {
+                    ip,
+                    pod_name: name.clone(),
+                };
+                lock(&self.pods).insert(
+                    name,
+                    PodEntry {
+                        sandbox_uid: uid,
+                        pod,
+                    },
+                );
+                Ok(Action::await_change())
+            }
+            Bring::Up => self.bring_up(sandbox, known).await,
+        }
+    }
+
+    /// Starts the pod (when none is known), waits for the ready gate, then writes `Ready`
+    /// (or `PodFailed`, or a forced reason) on the Sandbox; its claim forwards it.
+    async fn bring_up(
+        &self,
+        sandbox: &DynamicObject,
+        known: Option<PodStarted>,
+    ) -> Result<Action, ReconcileError> {
+        let name = sandbox.name_any();
+        let uid = sandbox.uid().unwrap_or_default();
+        let generation = sandbox.metadata.generation;
+        let warm_member = controller_of(sandbox).is_some_and(|o| o.kind == "SandboxWarmPool");
+        let pod = match known {
+            Some(pod) => pod,
+            None => {
+                let status = sandbox_status(sandbox);
+                if ready_condition(&status.conditions).is_none() {
+                    let pending = condition(
+                        "Ready",
+                        false,
+                        "DependenciesNotReady",
+                        "Pod exists with phase: Pending",
+                        generation,
+                    );
+                    self.patch_sandbox_status(&name, json!({ "conditions": [pending] }))
+                        .await
+                        .map_err(step("write sandbox status"))?;
+                }
+                let request = PodRequest {
+                    namespace: self.namespace().to_owned(),
+                    sandbox_name: name.clone(),
+                    pod_name: name.clone(),
+                    template: sandbox
+                        .annotations()
+                        .get(labels::SANDBOX_TEMPLATE_REF)
+                        .cloned(),
+                    warm_pool: controller_of(sandbox)
+                        .filter(|o| o.kind == "SandboxWarmPool")
+                        .map(|o| o.name.clone()),
+                    pod_template: sandbox.data["spec"]["podTemplate"].clone(),
+                };
+                // A pod of that name left by a controller that stopped half-way goes first.
+                self.runtime.stop(self.namespace(), &name).await;
+                match self.runtime.start(&request).await {
+                    Ok(pod) => {
+                        self.record_pod(&name, &uid, &pod).await;
+                        pod
+                    }
+                    Err(e) => {
+                        let failed = condition("Ready", false, "PodFailed", &e.message, generation);
+                        self.patch_sandbox_status(&name, json!({ "conditions": [failed] }))
+                            .await
+                            .map_err(step("write sandbox status"))?;
+                        return Ok(Action::await_change());
+                    }
+                }
+            }
+        };
+        // Pool members are Ready as soon as their pod runs; cold sandboxes wait for the gate.
+        if !warm_member && !lock(&self.gated).contains(&uid) {
+            let mode = *lock(&self.ready_mode);
+            match mode {
+                ReadyMode::After(d) => tokio::time::sleep(d).await,
+                ReadyMode::Manual => {
+                    if let Ok(p) = self.permits.acquire().await {
+                        p.forget();
+                    }
+                }
+            }
+            lock(&self.gated).insert(uid.clone());
+        }
+        let forced = lock(&self.forced_sandboxes).get(&name).cloned();
+        let status = match &forced {
+            Some(f) => json!({ "conditions": [condition("Ready", false, &f.reason, &f.message, generation)] }),
+            None => json!({
+                "conditions": [condition("Ready", true, "DependenciesReady", "Pod is Ready; Service Exists", generation)],
+                "podIPs": [pod.ip.to_string()],
+            }),
+        };
+        match self.patch_sandbox_status(&name, status).await {
+            Ok(()) => {}
+            // Deleted meanwhile: the sweep stops the pod.
+            Err(kube::Error::Api(s)) if s.is_not_found() => return Ok(Action::await_change()),
+            Err(e) => return Err(step("write sandbox status")(e)),
+        }
+        if forced.is_some() {
+            lock(&self.forced_sandboxes).remove(&name);
+        }
+        Ok(Action::await_change())
+    }
+
+    /// Stops every pod of this controller whose Sandbox (by uid) is gone from the store:
+    /// deleted directly, by its claim's cascade, or by expiry, also while a watch was down.
+    pub(super) async fn sweep_pods(self: Arc<Self>) {
+        if self.sandboxes.wait_until_ready().await.is_err() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(POD_SWEEP_INTERVAL).await;
+            let orphans: Vec<String> = lock(&self.pods)
+                .iter()
+                .filter(|(name, entry)| {
+                    !lock(&self.replacing).contains(*name)
+                        && self
+                            .stored_sandbox(name)
+                            .is_none_or(|s| s.uid().as_deref() != Some(entry.sandbox_uid.as_str()))
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in orphans {
+                self.stop_pod(&name).await;
+            }
+        }
+    }
+
     /// Remembers the pod that runs for `sandbox` now, and writes it as a core `v1` Pod
     /// (`Running`, `Ready`, `status.podIP`), as kubelet would: clients that reach a sandbox
     /// through `pods/{name}/portforward` look the pod up by name.
-    pub(super) async fn record_pod(&self, sandbox: &str, pod: &PodStarted) {
-        lock(&self.pods).insert(sandbox.to_owned(), pod.clone());
-        if let Err(error) = self.publish_pod(sandbox, pod).await {
+    pub(super) async fn record_pod(&self, sandbox: &str, sandbox_uid: &str, pod: &PodStarted) {
+        lock(&self.pods).insert(
+            sandbox.to_owned(),
+            PodEntry {
+                sandbox_uid: sandbox_uid.to_owned(),
+                pod: pod.clone(),
+            },
+        );
+        if let Err(error) = self.publish_pod(sandbox, sandbox_uid, pod).await {
             tracing::warn!(sandbox, pod = %pod.pod_name, error = ?error, "simulated controller: Pod object not written");
         }
     }
@@ -20,13 +208,14 @@ impl Shared {
     pub(super) async fn stop_pod(&self, sandbox: &str) {
         let pod = lock(&self.pods)
             .remove(sandbox)
-            .map_or_else(|| sandbox.to_owned(), |p| p.pod_name);
-        self.runtime.stop(&self.namespace, &pod).await;
+            .map_or_else(|| sandbox.to_owned(), |p| p.pod.pod_name);
+        self.runtime.stop(self.namespace(), &pod).await;
         match self.pods_api().delete(&pod, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(error) => {
-                tracing::warn!(sandbox, pod, error = ?error, "simulated controller: Pod object not deleted");
+                // Owned by its Sandbox, so the cascade removes it in the end.
+                tracing::debug!(sandbox, pod, error = ?error, "simulated controller: Pod object not deleted");
             }
         }
     }
@@ -40,11 +229,17 @@ impl Shared {
             kind: "Pod".into(),
             plural: "pods".into(),
         };
-        Api::namespaced_with(self.client.clone(), &self.namespace, &ar)
+        Api::namespaced_with(self.res.client.clone(), self.namespace(), &ar)
     }
 
-    /// Writes (or overwrites, after a replacement) the Pod object of `pod`.
-    async fn publish_pod(&self, sandbox: &str, pod: &PodStarted) -> Result<(), kube::Error> {
+    /// Writes (or overwrites, after a replacement) the Pod object of `pod`, owned by its
+    /// Sandbox.
+    async fn publish_pod(
+        &self,
+        sandbox: &str,
+        sandbox_uid: &str,
+        pod: &PodStarted,
+    ) -> Result<(), kube::Error> {
         let api = self.pods_api();
         let ip = pod.ip.to_string();
         let body = json!({
@@ -52,8 +247,16 @@ impl Shared {
             "kind": "Pod",
             "metadata": {
                 "name": pod.pod_name,
-                "namespace": self.namespace,
+                "namespace": self.namespace(),
                 "labels": { "agents.x-k8s.io/sandbox-name-hash": name_hash(sandbox) },
+                "ownerReferences": [{
+                    "apiVersion": self.api_version_of(SANDBOX_GROUP),
+                    "kind": "Sandbox",
+                    "name": sandbox,
+                    "uid": sandbox_uid,
+                    "controller": true,
+                    "blockOwnerDeletion": true,
+                }],
             },
             "spec": { "containers": [{ "name": "agent", "image": "example.com/agent:latest" }] },
         });
@@ -79,6 +282,7 @@ impl Shared {
         Ok(())
     }
 
+    /// A Sandbox stamped from `template`: named `name`, or `<generate>-<suffix>`.
     pub(super) fn sandbox_body(
         &self,
         name: Option<&str>,
@@ -94,7 +298,7 @@ impl Shared {
             spec["service"] = tspec["service"].clone();
         }
         let mut metadata = json!({
-            "namespace": self.namespace,
+            "namespace": self.namespace(),
             "annotations": { labels::SANDBOX_TEMPLATE_REF: template.name_any() },
             "labels": { labels::SANDBOX_TEMPLATE_REF_HASH: name_hash(&template.name_any()) },
         });
@@ -103,11 +307,11 @@ impl Shared {
         }
         if let Some(g) = generate {
             // Upstream uses generateName `<pool>-`; we pick the suffix ourselves so the
-            // name is known before the create returns.
+            // name is known before the create returns (and a retried create cannot make two).
             let n = self
                 .counter
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let suffix = &name_hash(&format!("{g}{n}{}", template.name_any()))[..5];
+            let suffix = &name_hash(&format!("{g}{n}{}{}", template.name_any(), jiff::Timestamp::now()))[..5];
             metadata["name"] = json!(format!("{g}-{suffix}"));
         }
         json!({
@@ -118,376 +322,82 @@ impl Shared {
         })
     }
 
-    pub(super) async fn create_sandbox(&self, body: Value) -> Result<DynamicObject, kube::Error> {
-        let obj: DynamicObject = serde_json::from_value(body).map_err(kube::Error::SerdeError)?;
-        self.sandboxes_api()
-            .create(&PostParams::default(), &obj)
-            .await
+    /// Creates a Sandbox; one that exists already (a create whose answer was lost) is read.
+    pub(super) async fn create_sandbox(&self, body: Value) -> Result<DynamicObject, ReconcileError> {
+        let obj: DynamicObject = serde_json::from_value(body).map_err(|source| ReconcileError::Build {
+            what: "Sandbox",
+            source,
+        })?;
+        match self.sandboxes_api().create(&PostParams::default(), &obj).await {
+            Ok(s) => Ok(s),
+            Err(kube::Error::Api(s)) if s.is_already_exists() => self
+                .sandboxes_api()
+                .get(&obj.name_any())
+                .await
+                .map_err(step("read existing sandbox")),
+            Err(e) => Err(step("create sandbox")(e)),
+        }
     }
 
-    /// Cold path: Sandbox named after the claim, owned by it; Ready later.
+    /// Cold path: a Sandbox named after the claim, owned by it; the Sandbox reconciler
+    /// starts its pod.
     pub(super) async fn cold_start(
-        self: Arc<Self>,
-        claim: DynamicObject,
+        &self,
+        claim: &DynamicObject,
         template: &DynamicObject,
         forced: Option<ForcedReason>,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<DynamicObject, ReconcileError> {
         let name = claim.name_any();
         let mut body = self.sandbox_body(Some(&name), None, template);
         body["metadata"]["ownerReferences"] =
-            self.owner_ref(EXTENSIONS_GROUP, "SandboxClaim", &claim);
+            self.owner_ref(EXTENSIONS_GROUP, "SandboxClaim", claim);
         body["metadata"]["labels"][labels::CLAIM_UID] = json!(claim.uid().unwrap_or_default());
         body["metadata"]["labels"][labels::LAUNCH_TYPE] = json!("cold");
-        let sandbox = match self.create_sandbox(body).await {
-            Ok(s) => s,
-            Err(kube::Error::Api(s)) if s.is_already_exists() => {
-                self.sandboxes_api().get(&name).await?
-            }
-            Err(e) => return Err(e),
-        };
-        self.remember_sandbox(&claim, &name);
-        let not_ready = condition(
-            "Ready",
-            false,
-            "SandboxNotReady",
-            "Sandbox is not ready",
-            claim.metadata.generation,
-        );
-        self.set_claim_ready(&claim, not_ready, json!({ "name": name }))
-            .await?;
-        let me = Arc::clone(&self);
-        let template_name = template.name_any();
-        tokio::spawn(async move {
-            if let Err(e) = me
-                .bring_up(&claim, &sandbox, Some(template_name), forced)
-                .await
-            {
-                tracing::warn!(error = %e, "simulated controller: bring-up failed");
-            }
-        });
-        Ok(())
-    }
-
-    /// Starts the pod, waits for the ready gate, then flips the Sandbox and claim.
-    async fn bring_up(
-        &self,
-        claim: &DynamicObject,
-        sandbox: &DynamicObject,
-        template: Option<String>,
-        forced: Option<ForcedReason>,
-    ) -> Result<(), kube::Error> {
-        let name = sandbox.name_any();
-        let generation = claim.metadata.generation;
-        let sandboxes = self.sandboxes_api();
-        let pending = condition(
-            "Ready",
-            false,
-            "DependenciesNotReady",
-            "Pod exists with phase: Pending",
-            sandbox.metadata.generation,
-        );
-        sandboxes
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": { "conditions": [pending.clone()] } })),
-            )
-            .await?;
-        let mut fwd = pending;
-        fwd["observedGeneration"] = json!(generation);
-        self.set_claim_ready(claim, fwd, json!({ "name": name }))
-            .await?;
-
-        let request = PodRequest {
-            namespace: self.namespace.clone(),
-            sandbox_name: name.clone(),
-            pod_name: name.clone(),
-            template,
-            warm_pool: None,
-            pod_template: sandbox.data["spec"]["podTemplate"].clone(),
-        };
-        let started = self.runtime.start(&request).await;
-        if let Ok(p) = &started {
-            self.record_pod(&name, p).await;
+        if let Some(f) = forced {
+            lock(&self.forced_sandboxes).insert(name.clone(), f);
         }
-        let mode = *lock(&self.ready_mode);
-        match mode {
-            ReadyMode::After(d) => tokio::time::sleep(d).await,
-            ReadyMode::Manual => {
-                if let Ok(p) = self.permits.acquire().await {
-                    p.forget();
-                }
-            }
-        }
-        let (ready, ips) = match (started, forced) {
-            (_, Some(f)) => (
-                condition("Ready", false, &f.reason, &f.message, None),
-                json!([]),
-            ),
-            (Err(e), None) => (
-                condition("Ready", false, "PodFailed", &e.message, None),
-                json!([]),
-            ),
-            (Ok(p), None) => (
-                condition(
-                    "Ready",
-                    true,
-                    "DependenciesReady",
-                    "Pod is Ready; Service Exists",
-                    None,
-                ),
-                json!([p.ip.to_string()]),
-            ),
-        };
-        let mut sb_ready = ready.clone();
-        sb_ready["observedGeneration"] = json!(sandbox.metadata.generation.unwrap_or(1));
-        let mut status = json!({ "conditions": [sb_ready] });
-        if ips.as_array().is_some_and(|a| !a.is_empty()) {
-            status["podIPs"] = ips.clone();
-        }
-        sandboxes
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await?;
-        let mut fwd = ready;
-        fwd["observedGeneration"] = json!(generation.unwrap_or(1));
-        let mut sb = json!({ "name": name });
-        if ips.as_array().is_some_and(|a| !a.is_empty()) {
-            sb["podIPs"] = ips;
-        }
-        match self.set_claim_ready(claim, fwd, sb).await {
-            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
-            r => r,
-        }
-    }
-
-    /// See [`SimulatedController::replace_pod`].
-    pub(super) async fn replace_pod(&self, sandbox_name: &str) -> Result<PodStarted, ReplaceError> {
-        let _serial = self.replace_lock.lock().await;
-        // Held while the sandbox may be an unclaimed pool member, so that `adopt` cannot
-        // hand it out between "not Ready" and "Ready again".
-        let mut pool_guard = Some(self.pool_lock.lock().await);
-        let sandbox_gone = || ReplaceError::SandboxNotFound {
-            sandbox: sandbox_name.to_owned(),
-        };
-        let sandboxes = self.sandboxes_api();
-        let sandbox = sandboxes
-            .get_opt(sandbox_name)
-            .await
-            .map_err(|source| ReplaceError::Get {
-                kind: "Sandbox",
-                name: sandbox_name.to_owned(),
-                source,
-            })?
-            .filter(|s| s.metadata.deletion_timestamp.is_none())
-            .ok_or_else(sandbox_gone)?;
-        if sandbox.data["status"]["podIPs"]
-            .as_array()
-            .is_none_or(Vec::is_empty)
-        {
-            return Err(ReplaceError::NoPod {
-                sandbox: sandbox_name.to_owned(),
-            });
-        }
-        let owner = sandbox
-            .owner_references()
-            .iter()
-            .find(|o| o.controller == Some(true))
-            .cloned();
-        let warm_pool = owner
-            .as_ref()
-            .filter(|o| o.kind == "SandboxWarmPool")
-            .map(|o| o.name.clone());
-        if warm_pool.is_none() {
-            // A claimed sandbox never goes back to a pool.
-            pool_guard = None;
-        }
-        let claim = match owner.as_ref().filter(|o| o.kind == "SandboxClaim") {
-            Some(o) => self
-                .claims_api()
-                .get_opt(&o.name)
-                .await
-                .map_err(|source| ReplaceError::Get {
-                    kind: "SandboxClaim",
-                    name: o.name.clone(),
-                    source,
-                })?
-                .filter(|c| c.uid().as_deref() == Some(o.uid.as_str())),
-            None => None,
-        };
-        let sandbox_generation = sandbox.metadata.generation.unwrap_or(1);
-        let claim_generation = claim
-            .as_ref()
-            .and_then(|c| c.metadata.generation)
-            .unwrap_or(1);
-
-        // 1. The pod is lost.
-        self.stop_pod(sandbox_name).await;
-
-        // 2. The Sandbox controller notices: Ready=False, no pod IPs; the claim forwards it.
-        let gone = condition(
-            "Ready",
-            false,
-            "DependenciesNotReady",
-            "Pod does not exist",
-            Some(sandbox_generation),
-        );
-        self.write_replace_status(
-            sandbox_name,
-            claim.as_ref(),
-            &gone,
-            json!(null),
-            claim_generation,
-        )
-        .await
-        .map_err(|e| e.into_error(sandbox_name, ReplaceError::mark_not_ready))?;
-
-        // 3. It recreates the pod (same name, new IP).
-        let request = PodRequest {
-            namespace: self.namespace.clone(),
-            sandbox_name: sandbox_name.to_owned(),
-            pod_name: sandbox_name.to_owned(),
-            template: sandbox
-                .annotations()
-                .get(labels::SANDBOX_TEMPLATE_REF)
-                .cloned(),
-            warm_pool,
-            pod_template: sandbox.data["spec"]["podTemplate"].clone(),
-        };
-        let started = match self.runtime.start(&request).await {
-            Ok(p) => p,
-            Err(source) => {
-                let failed = condition(
-                    "Ready",
-                    false,
-                    "PodFailed",
-                    &source.message,
-                    Some(sandbox_generation),
-                );
-                if let Err(e) = self
-                    .write_replace_status(
-                        sandbox_name,
-                        claim.as_ref(),
-                        &failed,
-                        json!(null),
-                        claim_generation,
-                    )
-                    .await
-                {
-                    tracing::warn!(error = ?e, "simulated controller: PodFailed after replace not written");
-                }
-                return Err(ReplaceError::Start {
-                    sandbox: sandbox_name.to_owned(),
-                    source,
-                });
-            }
-        };
-        self.record_pod(sandbox_name, &started).await;
-
-        // 4. The new pod is Ready.
-        let ready = condition(
-            "Ready",
-            true,
-            "DependenciesReady",
-            "Pod is Ready; Service Exists",
-            Some(sandbox_generation),
-        );
-        let written = self
-            .write_replace_status(
-                sandbox_name,
-                claim.as_ref(),
-                &ready,
-                json!([started.ip.to_string()]),
-                claim_generation,
-            )
-            .await;
-        drop(pool_guard);
-        match written {
-            Ok(()) => Ok(started),
-            Err(StatusWriteError::SandboxGone) => {
-                // Deleted mid-way: nobody else will stop the pod we just started.
-                self.stop_pod(sandbox_name).await;
-                Err(sandbox_gone())
-            }
-            Err(e) => Err(e.into_error(sandbox_name, ReplaceError::mark_ready)),
-        }
-    }
-
-    /// Writes `ready` and `pod_ips` (`null` clears them) to the Sandbox, then forwards them
-    /// to its claim (if any; a claim deleted meanwhile is skipped).
-    async fn write_replace_status(
-        &self,
-        sandbox_name: &str,
-        claim: Option<&DynamicObject>,
-        ready: &Value,
-        pod_ips: Value,
-        claim_generation: i64,
-    ) -> Result<(), StatusWriteError> {
-        self.sandboxes_api()
-            .patch_status(
-                sandbox_name,
-                &PatchParams::default(),
-                &Patch::Merge(
-                    json!({ "status": { "conditions": [ready], "podIPs": pod_ips.clone() } }),
-                ),
-            )
-            .await
-            .map_err(|e| match e {
-                kube::Error::Api(s) if s.is_not_found() => StatusWriteError::SandboxGone,
-                e => StatusWriteError::Api("Sandbox", sandbox_name.to_owned(), e),
-            })?;
-        let Some(claim) = claim else {
-            return Ok(());
-        };
-        let mut fwd = ready.clone();
-        fwd["observedGeneration"] = json!(claim_generation);
-        let name = claim.name_any();
-        match self
-            .set_claim_ready(
-                claim,
-                fwd,
-                json!({ "name": sandbox_name, "podIPs": pod_ips }),
-            )
-            .await
-        {
-            Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
-            Err(e) => Err(StatusWriteError::Api("SandboxClaim", name, e)),
-            Ok(()) => Ok(()),
-        }
+        self.create_sandbox(body).await
     }
 }
 
-/// A failed status write during [`Shared::replace_pod`].
-#[derive(Debug)]
-enum StatusWriteError {
-    SandboxGone,
-    Api(&'static str, String, kube::Error),
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl StatusWriteError {
-    fn into_error(
-        self,
-        sandbox: &str,
-        step: fn(&'static str, String, kube::Error) -> ReplaceError,
-    ) -> ReplaceError {
-        match self {
-            Self::SandboxGone => ReplaceError::SandboxNotFound {
-                sandbox: sandbox.to_owned(),
-            },
-            Self::Api(kind, name, source) => step(kind, name, source),
+    fn status(ready: Option<(&str, &str)>, ips: &[&str]) -> v1beta1::SandboxStatus {
+        v1beta1::SandboxStatus {
+            conditions: ready
+                .map(|(s, r)| condition("Ready", s == "True", r, "m", None))
+                .into_iter()
+                .collect(),
+            pod_ips: ips.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
         }
     }
-}
 
-impl ReplaceError {
-    fn mark_not_ready(kind: &'static str, name: String, source: kube::Error) -> Self {
-        Self::MarkNotReady { kind, name, source }
+    #[test]
+    fn a_new_sandbox_is_brought_up() {
+        assert_eq!(judge(&status(None, &[]), false), Bring::Up);
+        let pending = status(Some(("False", "DependenciesNotReady")), &[]);
+        assert_eq!(judge(&pending, false), Bring::Up);
+        assert_eq!(judge(&pending, true), Bring::Up, "a started pod still needs Ready");
     }
 
-    fn mark_ready(kind: &'static str, name: String, source: kube::Error) -> Self {
-        Self::MarkReady { kind, name, source }
+    #[test]
+    fn a_ready_sandbox_is_left_alone_or_taken_over_after_a_restart() {
+        let ready = status(Some(("True", "DependenciesReady")), &["10.0.0.3"]);
+        assert_eq!(judge(&ready, true), Bring::Nothing);
+        assert_eq!(
+            judge(&ready, false),
+            Bring::TakeOver("10.0.0.3".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_sandbox_that_failed_for_good_is_not_started_again() {
+        for reason in ["PodFailed", "PodSucceeded", "InvalidConfiguration", "SandboxExpired"] {
+            let failed = status(Some(("False", reason)), &[]);
+            assert_eq!(judge(&failed, false), Bring::Nothing, "{reason}");
+        }
     }
 }

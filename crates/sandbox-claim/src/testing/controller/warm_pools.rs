@@ -1,51 +1,151 @@
-//! Warm pools: keeping `replicas` ready members, and a claim adopting one.
+//! Warm pools: keeping `replicas` members, and a claim adopting a Ready one.
 
 use super::*;
 
+/// `spec.sandboxTemplateRef.name` of a pool.
+pub(super) fn template_of(pool: &DynamicObject) -> String {
+    pool.data["spec"]["sandboxTemplateRef"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `spec.replicas` of a pool (1 when unset, as the CRD defaults it).
+fn replicas_of(pool: &DynamicObject) -> usize {
+    pool.data["spec"]["replicas"]
+        .as_i64()
+        .map_or(1, |r| usize::try_from(r).unwrap_or(0))
+}
+
+/// Whether `sandbox` is a (non-deleting) member of the pool whose name hashes to `hash`.
+fn is_member(sandbox: &DynamicObject, hash: &str) -> bool {
+    sandbox.metadata.deletion_timestamp.is_none()
+        && sandbox.labels().get(labels::WARM_POOL_SANDBOX).map(String::as_str) == Some(hash)
+}
+
+/// The pools a Sandbox event concerns: the pool that owns it, or, for a sandbox adopted from
+/// a pool (it no longer names one), every pool of its template.
+pub(super) fn pools_of(
+    sandbox: &DynamicObject,
+    pools: &Store<DynamicObject>,
+    pool_resource: &ApiResource,
+) -> Vec<ObjectRef<DynamicObject>> {
+    let namespace = sandbox.namespace().unwrap_or_default();
+    if let Some(owner) = controller_of(sandbox).filter(|o| o.kind == "SandboxWarmPool") {
+        return pools
+            .find(|p| p.name_any() == owner.name)
+            .map(|p| ObjectRef::from_obj_with(&*p, pool_resource.clone()))
+            .into_iter()
+            .collect();
+    }
+    if sandbox.labels().get(labels::LAUNCH_TYPE).map(String::as_str) != Some("warm") {
+        return Vec::new();
+    }
+    let hash = sandbox.labels().get(labels::SANDBOX_TEMPLATE_REF_HASH).cloned();
+    pools
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().unwrap_or_default() == namespace)
+        .filter(|p| hash.as_deref() == Some(name_hash(&template_of(p)).as_str()))
+        .map(|p| ObjectRef::from_obj_with(&*p, pool_resource.clone()))
+        .collect()
+}
+
 impl Shared {
-    pub(super) async fn run_pools(self: Arc<Self>) {
-        let stream = watcher(self.pools_api(), watcher::Config::default());
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(watcher::Event::Apply(pool) | watcher::Event::InitApply(pool)) => {
-                    if let Err(e) = self.ensure_pool(&pool.name_any()).await {
-                        tracing::warn!(error = %e, "simulated controller: pool reconcile failed");
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "simulated controller: pool watch error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+    /// Keeps `replicas` non-deleting members (upstream's pool controller, simplified: no
+    /// scale-down, no staleness). Members this controller created but the store does not
+    /// show yet count as members, so a lagging store never makes it create twice.
+    pub(super) async fn reconcile_pool(
+        self: &Arc<Self>,
+        pool: &DynamicObject,
+    ) -> Result<Action, ReconcileError> {
+        if pool.metadata.deletion_timestamp.is_some() {
+            return Ok(Action::await_change());
         }
+        let pool_name = pool.name_any();
+        let hash = name_hash(&pool_name);
+        let members: HashSet<String> = self
+            .sandboxes
+            .state()
+            .iter()
+            .filter(|s| is_member(s, &hash))
+            .map(|s| s.name_any())
+            .collect();
+        let have = {
+            let mut expected = lock(&self.expected);
+            let pending = expected.entry(pool_name.clone()).or_default();
+            // Seen in the store (or already adopted out of it): no longer merely expected.
+            let all: HashSet<String> = self.sandboxes.state().iter().map(|s| s.name_any()).collect();
+            pending.retain(|n| !all.contains(n));
+            members.len() + pending.len()
+        };
+        let want = replicas_of(pool);
+        if have >= want {
+            return Ok(Action::requeue(POOL_RESYNC));
+        }
+        let template_name = template_of(pool);
+        let Some(template) = self
+            .templates_api()
+            .get_opt(&template_name)
+            .await
+            .map_err(step("read template"))?
+        else {
+            // Upstream creates nothing while the template is missing, and watches for it.
+            return Ok(Action::requeue(NOT_FOUND_RETRY));
+        };
+        for _ in have..want {
+            let mut body = self.sandbox_body(None, Some(&pool_name), &template);
+            body["metadata"]["ownerReferences"] =
+                self.owner_ref(EXTENSIONS_GROUP, "SandboxWarmPool", pool);
+            body["metadata"]["labels"][labels::WARM_POOL_SANDBOX] = json!(hash);
+            body["metadata"]["labels"][labels::LAUNCH_TYPE] = json!("warm");
+            body["metadata"]["labels"]["agents.x-k8s.io/created-by"] = json!("controller");
+            let obj: DynamicObject =
+                serde_json::from_value(body).map_err(|source| ReconcileError::Build {
+                    what: "warm pool Sandbox",
+                    source,
+                })?;
+            let created = self
+                .sandboxes_api()
+                .create(&PostParams::default(), &obj)
+                .await
+                .map_err(step("create warm pool sandbox"))?;
+            lock(&self.expected)
+                .entry(pool_name.clone())
+                .or_default()
+                .insert(created.name_any());
+        }
+        Ok(Action::requeue(POOL_RESYNC))
     }
 
-    /// Adopts a ready pool member: the claim becomes its controller owner and the pool label
-    /// goes, as in upstream's warm adoption.
+    /// Adopts a Ready pool member: the claim becomes its controller owner and the pool label
+    /// goes, as in upstream's warm adoption. The patch carries the member's resourceVersion,
+    /// so a member changed meanwhile (adopted by another claim, its pod replaced) is not
+    /// taken; the claim is then reconciled again.
     pub(super) async fn adopt(
         &self,
         claim: &DynamicObject,
         pool: &str,
-    ) -> Result<Option<DynamicObject>, kube::Error> {
+    ) -> Result<Option<DynamicObject>, ReconcileError> {
         let _guard = self.pool_lock.lock().await;
-        let lp = ListParams::default().labels(&format!(
-            "{}={}",
-            labels::WARM_POOL_SANDBOX,
-            name_hash(pool)
-        ));
-        let members = self.sandboxes_api().list(&lp).await?;
-        let Some(candidate) = members
-            .items
-            .into_iter()
-            .find(|s| s.metadata.deletion_timestamp.is_none() && is_ready(s))
-        else {
+        let hash = name_hash(pool);
+        let candidate = {
+            let adopted = lock(&self.adopted);
+            let replacing = lock(&self.replacing);
+            self.sandboxes.find(|s| {
+                is_member(s, &hash)
+                    && is_ready(s)
+                    && !adopted.contains(&s.uid().unwrap_or_default())
+                    && !replacing.contains(&s.name_any())
+            })
+        };
+        let Some(candidate) = candidate else {
             return Ok(None);
         };
         let name = candidate.name_any();
         let patch = json!({
             "metadata": {
+                "resourceVersion": candidate.resource_version(),
                 "ownerReferences": self.owner_ref(EXTENSIONS_GROUP, "SandboxClaim", claim),
                 "labels": {
                     labels::WARM_POOL_SANDBOX: null,
@@ -58,73 +158,50 @@ impl Shared {
         let adopted = self
             .sandboxes_api()
             .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
-            .await?;
+            .await
+            .map_err(step("adopt warm pool sandbox"))?;
+        lock(&self.adopted).insert(adopted.uid().unwrap_or_default());
         Ok(Some(adopted))
     }
+}
 
-    /// Keeps `replicas` non-deleting members for a pool (upstream's pool controller,
-    /// simplified:
-    /// members turn Ready as soon as their pod starts).
-    pub(super) async fn ensure_pool(&self, pool_name: &str) -> Result<(), kube::Error> {
-        let _guard = self.pool_lock.lock().await;
-        let Some(pool) = self.pools_api().get_opt(pool_name).await? else {
-            return Ok(());
-        };
-        let replicas = pool.data["spec"]["replicas"].as_i64().unwrap_or(1);
-        let template_name = pool.data["spec"]["sandboxTemplateRef"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let Some(template) = self.templates_api().get_opt(&template_name).await? else {
-            return Ok(());
-        };
-        let hash = name_hash(pool_name);
-        let lp = ListParams::default().labels(&format!("{}={hash}", labels::WARM_POOL_SANDBOX));
-        let have = self
-            .sandboxes_api()
-            .list(&lp)
-            .await?
-            .items
-            .iter()
-            .filter(|s| s.metadata.deletion_timestamp.is_none())
-            .count();
-        let have = i64::try_from(have).unwrap_or(i64::MAX);
-        for _ in have..replicas {
-            let mut body = self.sandbox_body(None, Some(pool_name), &template);
-            body["metadata"]["ownerReferences"] =
-                self.owner_ref(EXTENSIONS_GROUP, "SandboxWarmPool", &pool);
-            body["metadata"]["labels"][labels::WARM_POOL_SANDBOX] = json!(hash);
-            body["metadata"]["labels"]["agents.x-k8s.io/created-by"] = json!("controller");
-            let sandbox = self.create_sandbox(body).await?;
-            let name = sandbox.name_any();
-            let request = PodRequest {
-                namespace: self.namespace.clone(),
-                sandbox_name: name.clone(),
-                pod_name: name.clone(),
-                template: Some(template_name.clone()),
-                warm_pool: Some(pool_name.to_owned()),
-                pod_template: sandbox.data["spec"]["podTemplate"].clone(),
-            };
-            let status = match self.runtime.start(&request).await {
-                Ok(p) => {
-                    self.record_pod(&name, &p).await;
-                    json!({
-                    "conditions": [condition("Ready", true, "DependenciesReady", "Pod is Ready", sandbox.metadata.generation)],
-                    "podIPs": [p.ip.to_string()],
-                    })
-                }
-                Err(e) => json!({
-                    "conditions": [condition("Ready", false, "PodFailed", &e.message, sandbox.metadata.generation)],
-                }),
-            };
-            self.sandboxes_api()
-                .patch_status(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({ "status": status })),
-                )
-                .await?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(replicas: Option<i64>) -> DynamicObject {
+        let mut spec = json!({ "sandboxTemplateRef": { "name": "t" } });
+        if let Some(r) = replicas {
+            spec["replicas"] = json!(r);
         }
-        Ok(())
+        serde_json::from_value(json!({
+            "apiVersion": "extensions.agents.x-k8s.io/v1beta1",
+            "kind": "SandboxWarmPool",
+            "metadata": { "name": "p" },
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pool_without_replicas_keeps_one_member() {
+        assert_eq!(replicas_of(&pool(None)), 1);
+        assert_eq!(replicas_of(&pool(Some(3))), 3);
+        assert_eq!(replicas_of(&pool(Some(-1))), 0);
+        assert_eq!(template_of(&pool(None)), "t");
+    }
+
+    #[test]
+    fn only_labelled_non_deleting_sandboxes_are_members() {
+        let mut s: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "agents.x-k8s.io/v1beta1",
+            "kind": "Sandbox",
+            "metadata": { "name": "p-1", "labels": { labels::WARM_POOL_SANDBOX: "h" } },
+        }))
+        .unwrap();
+        assert!(is_member(&s, "h"));
+        assert!(!is_member(&s, "other"));
+        s.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+        assert!(!is_member(&s, "h"));
     }
 }
