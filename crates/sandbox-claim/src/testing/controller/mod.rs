@@ -197,6 +197,8 @@ struct PodEntry {
 
 struct Shared {
     res: Resources,
+    /// Started by [`SimulatedController::restart`]: pods may exist that it does not know.
+    resumed: bool,
     runtime: Arc<dyn PodRuntime>,
     ready_mode: Mutex<ReadyMode>,
     permits: Arc<Semaphore>,
@@ -347,7 +349,7 @@ impl SimulatedController {
             res: Resources::new(client, namespace, version),
             runtime,
         };
-        let (shared, tasks) = Self::run(&setup, ready_mode);
+        let (shared, tasks) = Self::run(&setup, ready_mode, false);
         Self {
             setup,
             shared,
@@ -364,12 +366,16 @@ impl SimulatedController {
             t.abort();
         }
         let mode = *lock(&self.shared.ready_mode);
-        let (shared, tasks) = Self::run(&self.setup, mode);
+        let (shared, tasks) = Self::run(&self.setup, mode, true);
         self.shared = shared;
         self.tasks = tasks;
     }
 
-    fn run(setup: &Setup, ready_mode: ReadyMode) -> (Arc<Shared>, Vec<JoinHandle<()>>) {
+    fn run(
+        setup: &Setup,
+        ready_mode: ReadyMode,
+        resumed: bool,
+    ) -> (Arc<Shared>, Vec<JoinHandle<()>>) {
         let res = &setup.res;
         let sandbox_ctl = Controller::new_with(
             res.api(&res.sandbox),
@@ -394,6 +400,7 @@ impl SimulatedController {
             .with_config(Config::default().concurrency(CLAIM_WORKERS));
         let shared = Arc::new(Shared {
             res: res.clone(),
+            resumed,
             runtime: Arc::clone(&setup.runtime),
             ready_mode: Mutex::new(ready_mode),
             permits: Arc::new(Semaphore::new(0)),
@@ -702,8 +709,11 @@ impl Shared {
             what: "claim status",
             source,
         })?;
-        if status.sandbox.is_none() {
-            value["sandbox"] = Value::Null;
+        // A merge patch keeps what it leaves out: absent parts are cleared explicitly.
+        match &status.sandbox {
+            None => value["sandbox"] = Value::Null,
+            Some(s) if s.pod_ips.is_empty() => value["sandbox"]["podIPs"] = Value::Null,
+            Some(_) => {}
         }
         match self.patch_claim_status(&claim.name_any(), value).await {
             // The claim went away meanwhile: nothing left to report to.

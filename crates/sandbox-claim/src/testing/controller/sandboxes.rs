@@ -112,8 +112,11 @@ impl Shared {
                         .map(|o| o.name.clone()),
                     pod_template: sandbox.data["spec"]["podTemplate"].clone(),
                 };
-                // A pod of that name left by a controller that stopped half-way goes first.
-                self.runtime.stop(self.namespace(), &name).await;
+                // After a restart, a pod of that name that the previous controller started
+                // but never reported goes first.
+                if self.resumed {
+                    self.runtime.stop(self.namespace(), &name).await;
+                }
                 match self.runtime.start(&request).await {
                     Ok(pod) => {
                         self.record_pod(&name, &uid, &pod).await;
@@ -164,10 +167,10 @@ impl Shared {
 
     /// Stops every pod of this controller whose Sandbox (by uid) is gone from the store:
     /// deleted directly, by its claim's cascade, or by expiry, also while a watch was down.
+    ///
+    /// Pods are recorded only for Sandboxes reconciled from the store, so an empty store at
+    /// start needs no waiting for.
     pub(super) async fn sweep_pods(self: Arc<Self>) {
-        if self.sandboxes.wait_until_ready().await.is_err() {
-            return;
-        }
         loop {
             tokio::time::sleep(POD_SWEEP_INTERVAL).await;
             let orphans: Vec<String> = lock(&self.pods)
