@@ -77,35 +77,44 @@ pub fn transient(err: &kube::Error) -> Option<Option<Duration>> {
     }
 }
 
-/// Runs `op` until it succeeds, fails with a non-transient error, or runs out of attempts.
+/// Runs `op` until it succeeds, fails with a non-transient error, or runs out of attempts
+/// (backoff by [`backon`]: the policy's exponential delays, or the server's `Retry-After`
+/// when it sent one, capped by [`RetryPolicy::max_retry_after`]).
 pub(crate) async fn retry<T, F, Fut>(
     policy: &RetryPolicy,
     what: &'static str,
-    mut op: F,
+    op: F,
 ) -> Result<T, kube::Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, kube::Error>>,
 {
-    let mut attempt = 0u32;
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(err) => {
-                attempt += 1;
-                let Some(hint) = transient(&err) else {
-                    return Err(err);
-                };
-                if attempt >= policy.max_attempts {
-                    tracing::warn!(what, attempt, error = %err, "giving up after transient errors");
-                    return Err(err);
-                }
-                let delay = policy.delay(attempt - 1, hint);
-                tracing::debug!(what, attempt, ?delay, error = %err, "transient API error, retrying");
-                tokio::time::sleep(delay).await;
+    use backon::Retryable as _;
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(policy.initial_backoff)
+        .with_max_delay(policy.max_backoff)
+        .with_factor(2.0)
+        .with_max_times(policy.max_attempts.saturating_sub(1) as usize);
+    let max_retry_after = policy.max_retry_after;
+    op.retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|err| transient(err).is_some())
+        // `None` means the attempts are used up; a server hint replaces our own delay.
+        .adjust(move |err, planned| {
+            planned.map(|own| match transient(err) {
+                Some(Some(hint)) => hint.min(max_retry_after),
+                _ => own,
+            })
+        })
+        .notify(|err, delay| {
+            tracing::debug!(what, ?delay, error = %err, "transient API error, retrying");
+        })
+        .await
+        .inspect_err(|err| {
+            if transient(err).is_some() {
+                tracing::warn!(what, error = %err, "giving up after transient errors");
             }
-        }
-    }
+        })
 }
 
 #[cfg(test)]
@@ -163,5 +172,34 @@ mod tests {
         .await;
         assert!(r.is_err());
         assert_eq!(calls, 1);
+    }
+
+    fn throttled(retry_after: u32) -> kube::Error {
+        let mut status = Status::failure("slow down", "TooManyRequests").with_code(429);
+        status.details = serde_json::from_value(serde_json::json!({ "retryAfterSeconds": retry_after })).ok();
+        kube::Error::Api(Box::new(status))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_waits_as_long_as_the_server_says_then_succeeds() {
+        let p = RetryPolicy::default();
+        let started = tokio::time::Instant::now();
+        let mut calls = 0;
+        let r = retry(&p, "test", || {
+            calls += 1;
+            let first = calls == 1;
+            async move { if first { Err(throttled(3)) } else { Ok(()) } }
+        })
+        .await;
+        assert!(r.is_ok());
+        assert_eq!(calls, 2);
+        assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_transport_failure_is_transient() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(transient(&kube::Error::Service(Box::new(reset))).is_some());
     }
 }
