@@ -3,7 +3,11 @@
 //! forwarding the Sandbox's `Ready` to the claim.
 
 use super::*;
+use crate::reason::{ReasonClass, classify};
 use crate::types::{ClaimSandboxStatus, Lifecycle};
+
+/// How often a claim whose Sandbox is not Ready yet re-reads it from the store.
+const FORWARD_RECHECK: Duration = Duration::from_millis(100);
 
 /// Reasons the upstream claim controller sets on the claim itself, before any sandbox; once
 /// set they stay until the claim changes.
@@ -98,7 +102,7 @@ impl Shared {
                 let ready = desired.conditions[0].clone();
                 self.set_claim_ready(claim, &ready, desired.sandbox).await?;
             }
-            return Ok(after(Action::await_change()));
+            return Ok(self.until_ready(&sandbox, after));
         }
         if status
             .ready()
@@ -138,7 +142,7 @@ impl Shared {
                 let ready = desired.conditions[0].clone();
                 self.set_claim_ready(claim, &ready, desired.sandbox).await?;
             }
-            return Ok(after(Action::await_change()));
+            return Ok(self.until_ready(&sandbox, after));
         }
         let Some(template) = self
             .templates_api()
@@ -164,7 +168,22 @@ impl Shared {
             let ready = desired.conditions[0].clone();
             self.set_claim_ready(claim, &ready, desired.sandbox).await?;
         }
-        Ok(after(Action::await_change()))
+        Ok(self.until_ready(&sandbox, after))
+    }
+
+    /// What to do after forwarding `sandbox`: the claim is woken by its Sandbox's events,
+    /// but those come from another watch than the Sandbox store it reads, which may lag
+    /// behind them; so while the Sandbox is not Ready the claim also looks again every
+    /// [`FORWARD_RECHECK`] (a read of the store, no request unless something changed).
+    fn until_ready(&self, sandbox: &DynamicObject, after: impl Fn(Action) -> Action) -> Action {
+        let settled = is_ready(sandbox)
+            || ready_condition(&sandbox_status(sandbox).conditions)
+                .is_some_and(|c| c.status == "False" && classify(&c.reason) == ReasonClass::Terminal);
+        if settled {
+            after(Action::await_change())
+        } else {
+            Action::requeue(FORWARD_RECHECK)
+        }
     }
 
     /// The Sandbox this claim controls, from what this controller bound it to, the claim's

@@ -15,8 +15,8 @@
 //!   state differs from what it should be.
 //! - Errors requeue the object with per-object exponential backoff ([`backon`], reset by a
 //!   success); a 429 with `Retry-After` requeues after the server's delay instead.
-//! - Watch errors (a 5xx, a reset, a dropped watch, `410 Gone`) re-watch or re-list with
-//!   kube's watcher backoff; the store is rebuilt from the list, so nothing deleted meanwhile
+//! - Watch errors (a 5xx, a reset, a dropped watch, `410 Gone`) re-watch or re-list after a
+//!   short backoff (10 ms doubling to 2 s, reset by any event); the store is rebuilt from the list, so nothing deleted meanwhile
 //!   is remembered.
 //! - A restart ([`SimulatedController::restart`], or a new controller over the same server)
 //!   resumes from the store: claims without status are provisioned, Sandboxes not yet Ready get
@@ -24,6 +24,10 @@
 //! - Pods follow the Sandboxes: a pod whose Sandbox is gone from the store (deleted directly,
 //!   through its claim's cascade, or by expiry) is stopped by a sweep of the controller's own
 //!   pods every [`POD_SWEEP_INTERVAL`].
+//! - It plays Kubernetes' garbage collector for Sandboxes whose owner is gone: a reconcile
+//!   that started just before its claim (or pool) was deleted may still create or adopt a
+//!   Sandbox for it, after the API server's cascade ran; the Sandbox reconciler deletes such
+//!   a Sandbox (uid precondition) once the API server confirms the owner no longer exists.
 //!
 //! # What it implements
 //! Cold path (Sandbox named after the claim, owned by it), warm pools (keep `replicas`
@@ -113,6 +117,12 @@ pub enum ReconcileError {
         /// The API error.
         #[source]
         source: kube::Error,
+    },
+    /// A Sandbox named like the claim exists but is not controlled by it.
+    #[error("simulated controller: sandbox {sandbox} is not controlled by its claim")]
+    NotControlled {
+        /// Sandbox name.
+        sandbox: String,
     },
     /// An object the controller built did not serialize.
     #[error("simulated controller: building {what} failed")]
@@ -222,6 +232,7 @@ struct Shared {
     replacing: Mutex<HashSet<String>>,
     /// Per-object backoff of failed reconciles.
     backoffs: Mutex<HashMap<String, backon::ExponentialBackoff>>,
+    claims: Store<DynamicObject>,
     sandboxes: Store<DynamicObject>,
     pools: Store<DynamicObject>,
     pool_lock: tokio::sync::Mutex<()>,
@@ -336,6 +347,18 @@ fn watch_config() -> watcher::Config {
     watcher::Config::default()
 }
 
+/// The backoff of a controller's watches after an error: kube's default waits up to 30 s,
+/// which a test of a few seconds cannot sit out; this one starts at 10 ms and stops growing
+/// at [`BACKOFF_MAX`], and any event resets it.
+fn watch_backoff() -> kube::runtime::watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(10))
+        .with_max_delay(BACKOFF_MAX)
+        .with_jitter()
+        .without_max_times()
+        .into()
+}
+
 impl SimulatedController {
     /// Starts the controller for one namespace and API version.
     pub fn start(
@@ -382,6 +405,7 @@ impl SimulatedController {
             watch_config(),
             res.sandbox.clone(),
         )
+        .trigger_backoff(watch_backoff())
         .with_config(Config::default().concurrency(SANDBOX_WORKERS));
         let pool_ctl = Controller::new_with(res.api(&res.pool), watch_config(), res.pool.clone());
         let pools = pool_ctl.store();
@@ -394,9 +418,11 @@ impl SimulatedController {
                 watch_config(),
                 move |sandbox| warm_pools::pools_of(&sandbox, &pools_for_mapper, &pool_resource),
             )
+            .trigger_backoff(watch_backoff())
             .with_config(Config::default().concurrency(1));
         let claim_ctl = Controller::new_with(res.api(&res.claim), watch_config(), res.claim.clone())
             .owns_with(res.api(&res.sandbox), res.sandbox.clone(), watch_config())
+            .trigger_backoff(watch_backoff())
             .with_config(Config::default().concurrency(CLAIM_WORKERS));
         let shared = Arc::new(Shared {
             res: res.clone(),
@@ -414,6 +440,7 @@ impl SimulatedController {
             pods: Mutex::new(HashMap::new()),
             replacing: Mutex::new(HashSet::new()),
             backoffs: Mutex::new(HashMap::new()),
+            claims: claim_ctl.store(),
             sandboxes: sandbox_ctl.store(),
             pools,
             pool_lock: tokio::sync::Mutex::new(()),

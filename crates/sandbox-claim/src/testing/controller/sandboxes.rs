@@ -47,6 +47,9 @@ impl Shared {
         if lock(&self.replacing).contains(&name) {
             return Ok(Action::requeue(Duration::from_millis(50)));
         }
+        if !self.owner_exists(sandbox).await? {
+            return self.collect_orphan(sandbox).await;
+        }
         let known = lock(&self.pods)
             .get(&name)
             .filter(|e| e.sandbox_uid == uid)
@@ -70,6 +73,53 @@ impl Shared {
             }
             Bring::Up => self.bring_up(sandbox, known).await,
         }
+    }
+
+    /// Whether the Sandbox's controller owner (claim or pool) still exists, by uid: from the
+    /// store when it shows the owner, else from the API server (the store may lag).
+    async fn owner_exists(&self, sandbox: &DynamicObject) -> Result<bool, ReconcileError> {
+        let Some(owner) = controller_of(sandbox) else {
+            return Ok(true);
+        };
+        let (store, ar) = match owner.kind.as_str() {
+            "SandboxClaim" => (&self.claims, &self.res.claim),
+            "SandboxWarmPool" => (&self.pools, &self.res.pool),
+            _ => return Ok(true),
+        };
+        let key = ObjectRef::new_with(&owner.name, ar.clone()).within(self.namespace());
+        if store
+            .get(&key)
+            .is_some_and(|o| o.uid().as_deref() == Some(owner.uid.as_str()))
+        {
+            return Ok(true);
+        }
+        let found = self
+            .res
+            .api(ar)
+            .get_opt(&owner.name)
+            .await
+            .map_err(step("read the sandbox's owner"))?;
+        Ok(found.is_some_and(|o| o.uid().as_deref() == Some(owner.uid.as_str())))
+    }
+
+    /// Deletes a Sandbox whose owner is gone (the garbage collector's job); the sweep then
+    /// stops its pod (by uid, so a new Sandbox of the same name keeps its own).
+    async fn collect_orphan(&self, sandbox: &DynamicObject) -> Result<Action, ReconcileError> {
+        let name = sandbox.name_any();
+        tracing::debug!(sandbox = %name, "simulated controller: deleting a sandbox whose owner is gone");
+        let dp = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: sandbox.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match self.sandboxes_api().delete(&name, &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
+            Err(e) => return Err(step("delete orphaned sandbox")(e)),
+        }
+        Ok(Action::await_change())
     }
 
     /// Starts the pod (when none is known), waits for the ready gate, then writes `Ready`
@@ -359,7 +409,13 @@ impl Shared {
         if let Some(f) = forced {
             lock(&self.forced_sandboxes).insert(name.clone(), f);
         }
-        self.create_sandbox(body).await
+        let sandbox = self.create_sandbox(body).await?;
+        if controller_of(&sandbox).is_none_or(|o| Some(o.uid.as_str()) != claim.uid().as_deref()) {
+            // Upstream reports this as ReconcilerError; an orphan of an earlier claim of the
+            // same name goes once the garbage collector (the Sandbox reconciler) removes it.
+            return Err(ReconcileError::NotControlled { sandbox: name });
+        }
+        Ok(sandbox)
     }
 }
 
