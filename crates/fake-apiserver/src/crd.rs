@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::schema::{PatternError, Patterns};
+use crate::table::PrinterColumn;
 
 /// A CRD that cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,11 @@ pub(crate) struct Version {
     /// The compiled `pattern`s of `schema`.
     pub(crate) patterns: Patterns,
     pub(crate) status_subresource: bool,
+    /// `additionalPrinterColumns`: what `kubectl get` shows (server-side `Table`s).
+    pub(crate) printer_columns: Vec<PrinterColumn>,
+    /// `deprecationWarning` (or the default text) of a `deprecated: true` version: sent as a
+    /// `Warning` header with every request to it, as upstream.
+    pub(crate) deprecation: Option<String>,
 }
 
 /// One resource (`group` + `plural`) and its served versions.
@@ -89,6 +95,8 @@ impl Resource {
                 schema: None,
                 patterns: Patterns::default(),
                 status_subresource: true,
+                printer_columns: PrinterColumn::pods(),
+                deprecation: None,
             }],
             storage_version: "v1".into(),
         }
@@ -162,11 +170,22 @@ impl Resource {
                 })?,
                 None => Patterns::default(),
             };
+            let deprecation =
+                (v.get("deprecated").and_then(Value::as_bool) == Some(true)).then(|| {
+                    v.get("deprecationWarning")
+                        .and_then(Value::as_str)
+                        .map_or_else(
+                            || format!("{group}/{vname} {kind} is deprecated"),
+                            str::to_owned,
+                        )
+                });
             versions.push(Version {
                 name: vname.to_owned(),
                 schema,
                 patterns,
                 status_subresource: v.pointer("/subresources/status").is_some(),
+                printer_columns: PrinterColumn::from_crd_version(v),
+                deprecation,
             });
         }
         let storage_version = storage_version
