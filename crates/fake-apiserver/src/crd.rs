@@ -102,6 +102,29 @@ impl Resource {
         }
     }
 
+    /// Core `v1` namespaces: cluster-scoped, served without a schema, so that `kubectl get
+    /// namespaces` and `kubectl create namespace` work (namespaced objects do not need one).
+    pub(crate) fn core_namespaces() -> Self {
+        Self {
+            group: String::new(),
+            plural: "namespaces".into(),
+            singular: "namespace".into(),
+            kind: "Namespace".into(),
+            list_kind: "NamespaceList".into(),
+            short_names: vec!["ns".into()],
+            namespaced: false,
+            versions: vec![Version {
+                name: "v1".into(),
+                schema: None,
+                patterns: Patterns::default(),
+                status_subresource: true,
+                printer_columns: PrinterColumn::namespaces(),
+                deprecation: None,
+            }],
+            storage_version: "v1".into(),
+        }
+    }
+
     /// Parses one CRD; non-served versions are skipped.
     pub(crate) fn from_crd(crd: &Value) -> Result<Self, Error> {
         let name = crd
@@ -224,10 +247,11 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// The built-in resources every server serves: core `v1` pods.
+    /// The built-in resources every server serves: core `v1` pods and namespaces.
     pub(crate) fn with_builtins() -> Self {
         let mut registry = Self::default();
         registry.install(Resource::core_pods());
+        registry.install(Resource::core_namespaces());
         registry
     }
 

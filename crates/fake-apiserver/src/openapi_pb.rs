@@ -9,8 +9,11 @@
 use prost::Message as _;
 use serde_json::Value;
 
-/// The media type of the protobuf form.
-pub(crate) const MEDIA_TYPE: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+/// How clients ask for the protobuf form (`Accept`).
+pub(crate) const ACCEPTED: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+/// The `Content-Type` a real server answers with: the same type, spelt so that it parses as a
+/// media type (`@` is not allowed in one).
+pub(crate) const CONTENT_TYPE: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct Document {

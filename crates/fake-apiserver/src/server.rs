@@ -188,6 +188,10 @@ fn route(path: &str) -> Route {
             namespace: (*ns).to_owned(),
             name: (*name).to_owned(),
         },
+        // A namespace itself, and its status: no resource is called `status`.
+        ["api", "v1", "namespaces", name, "status"] => {
+            obj("", "v1", None, &["namespaces", name, "status"])
+        }
         ["api", "v1", "namespaces", ns, rest @ ..] if !rest.is_empty() => {
             obj("", "v1", Some(ns), rest)
         }
@@ -523,9 +527,9 @@ impl Ctx<'_> {
             }
             Route::OpenApiV2 => {
                 let doc = openapi::v2(&state.crds);
-                if self.accept.contains(openapi_pb::MEDIA_TYPE) {
+                if self.accept.contains(openapi_pb::ACCEPTED) {
                     Ok(Answer::Bytes(
-                        openapi_pb::MEDIA_TYPE,
+                        openapi_pb::CONTENT_TYPE,
                         openapi_pb::encode(&doc),
                     ))
                 } else {

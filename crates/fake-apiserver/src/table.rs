@@ -73,6 +73,14 @@ impl PrinterColumn {
         }
     }
 
+    /// What the built-in namespaces show: phase and Age.
+    pub(crate) fn namespaces() -> Vec<Self> {
+        vec![
+            Self::new("Status", "string", ".status.phase", 0),
+            Self::age(),
+        ]
+    }
+
     /// What the built-in pods show: phase, Age, and the pod IP under `-o wide`.
     pub(crate) fn pods() -> Vec<Self> {
         vec![
