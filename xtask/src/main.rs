@@ -5,6 +5,7 @@
 
 mod artifacts;
 mod bench;
+mod cluster;
 mod codegen;
 mod crds;
 mod demo;
@@ -31,6 +32,9 @@ enum Task {
     /// The main job: a scripted conversation on an embedded fake cluster (or, with
     /// `-- --kubeconfig …`, a real one).
     Demo(demo::Demo),
+    /// Serve the fake cluster (API server + simulated controller) for kubectl and the SDKs
+    /// until Ctrl-C: `-- --kubeconfig PATH --namespace NS --warm-pool NAME`.
+    Cluster(cluster::Cluster),
     /// Build what the tests spawn, then run every test in the workspace.
     Test(test::Test),
     /// Regenerate deploy/crds/ from sandbox-claim's types (`--check`: fail when stale).
@@ -50,6 +54,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Demo(task) => task.run(),
+        Task::Cluster(task) => task.run(),
         Task::Test(task) => task.run(),
         Task::Crds(task) => task.run(),
         Task::Bench(task) => task.run(),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::schema::{PatternError, Patterns};
+use crate::table::PrinterColumn;
 
 /// A CRD that cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,11 @@ pub(crate) struct Version {
     /// The compiled `pattern`s of `schema`.
     pub(crate) patterns: Patterns,
     pub(crate) status_subresource: bool,
+    /// `additionalPrinterColumns`: what `kubectl get` shows (server-side `Table`s).
+    pub(crate) printer_columns: Vec<PrinterColumn>,
+    /// `deprecationWarning` (or the default text) of a `deprecated: true` version: sent as a
+    /// `Warning` header with every request to it, as upstream.
+    pub(crate) deprecation: Option<String>,
 }
 
 /// One resource (`group` + `plural`) and its served versions.
@@ -89,6 +95,31 @@ impl Resource {
                 schema: None,
                 patterns: Patterns::default(),
                 status_subresource: true,
+                printer_columns: PrinterColumn::pods(),
+                deprecation: None,
+            }],
+            storage_version: "v1".into(),
+        }
+    }
+
+    /// Core `v1` namespaces: cluster-scoped, served without a schema, so that `kubectl get
+    /// namespaces` and `kubectl create namespace` work (namespaced objects do not need one).
+    pub(crate) fn core_namespaces() -> Self {
+        Self {
+            group: String::new(),
+            plural: "namespaces".into(),
+            singular: "namespace".into(),
+            kind: "Namespace".into(),
+            list_kind: "NamespaceList".into(),
+            short_names: vec!["ns".into()],
+            namespaced: false,
+            versions: vec![Version {
+                name: "v1".into(),
+                schema: None,
+                patterns: Patterns::default(),
+                status_subresource: true,
+                printer_columns: PrinterColumn::namespaces(),
+                deprecation: None,
             }],
             storage_version: "v1".into(),
         }
@@ -162,11 +193,22 @@ impl Resource {
                 })?,
                 None => Patterns::default(),
             };
+            let deprecation =
+                (v.get("deprecated").and_then(Value::as_bool) == Some(true)).then(|| {
+                    v.get("deprecationWarning")
+                        .and_then(Value::as_str)
+                        .map_or_else(
+                            || format!("{group}/{vname} {kind} is deprecated"),
+                            str::to_owned,
+                        )
+                });
             versions.push(Version {
                 name: vname.to_owned(),
                 schema,
                 patterns,
                 status_subresource: v.pointer("/subresources/status").is_some(),
+                printer_columns: PrinterColumn::from_crd_version(v),
+                deprecation,
             });
         }
         let storage_version = storage_version
@@ -205,10 +247,11 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// The built-in resources every server serves: core `v1` pods.
+    /// The built-in resources every server serves: core `v1` pods and namespaces.
     pub(crate) fn with_builtins() -> Self {
         let mut registry = Self::default();
         registry.install(Resource::core_pods());
+        registry.install(Resource::core_namespaces());
         registry
     }
 

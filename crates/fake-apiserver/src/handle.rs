@@ -19,9 +19,15 @@ use crate::store::Store;
 /// Starting the server or installing a CRD failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Binding `127.0.0.1:0` failed.
-    #[error("binding 127.0.0.1:0")]
-    Bind(#[source] std::io::Error),
+    /// Binding `127.0.0.1:PORT` failed (the port is taken, say).
+    #[error("binding 127.0.0.1:{port}")]
+    Bind {
+        /// The port asked for ([`FakeApiServerOptions::port`]; 0 = any).
+        port: u16,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The CRD could not be parsed or served.
     #[error("installing CRD")]
     InstallCrd(#[source] crd::Error),
@@ -59,16 +65,17 @@ impl FakeApiServer {
         Self::start_with(FakeApiServerOptions::default()).await
     }
 
-    /// Starts a server with the given options on an ephemeral port.
+    /// Starts a server with the given options, on [`FakeApiServerOptions::port`] (an
+    /// ephemeral port by default).
     ///
     /// # Errors
     ///
-    /// [`Error::Bind`] when no port can be bound.
+    /// [`Error::Bind`] when the port cannot be bound.
     pub async fn start_with(options: FakeApiServerOptions) -> Result<Self, Error> {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(Error::Bind)?;
-        let addr = listener.local_addr().map_err(Error::Bind)?;
+        let port = options.port;
+        let bind = |source| Error::Bind { port, source };
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.map_err(bind)?;
+        let addr = listener.local_addr().map_err(bind)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {

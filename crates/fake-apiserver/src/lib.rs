@@ -60,11 +60,15 @@
 //! `format: date-time`, `minimum`/`maximum`, `minLength`/`maxLength` and `minItems`/`maxItems`.
 //! `limit`/`continue` are ignored: lists come back in one page.
 
+mod apply;
 mod crd;
 mod discovery;
 mod fault;
+mod field_validation;
 mod handle;
 mod kubeconfig;
+mod openapi;
+mod openapi_pb;
 mod options;
 mod portforward;
 mod requests;
@@ -74,6 +78,7 @@ mod selector;
 mod server;
 mod status;
 mod store;
+mod table;
 mod watch;
 
 pub use crd::Error as CrdError;

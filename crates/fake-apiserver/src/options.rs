@@ -19,10 +19,14 @@ pub struct FakeApiServerOptions {
     pub event_history: usize,
     /// How often a watch with `allowWatchBookmarks=true` gets a BOOKMARK event.
     pub bookmark_interval: Duration,
-    /// Reject fields the schema does not declare (422) instead of pruning them silently.
+    /// What a write that names no `fieldValidation` gets: `true` rejects fields the schema does
+    /// not declare (400, as `fieldValidation=Strict`); `false` prunes them with a `Warning`
+    /// header each, as a real API server does (`Warn`).
     pub strict_unknown_fields: bool,
     /// Validate writes against the CRD version's `openAPIV3Schema`.
     pub validate_schema: bool,
+    /// The port to listen on (on `127.0.0.1`); 0 picks a free one.
+    pub port: u16,
 }
 
 impl Default for FakeApiServerOptions {
@@ -35,10 +39,12 @@ impl Default for FakeApiServerOptions {
             // roughly what a real server does.
             bookmark_interval: Duration::from_secs(5),
             // A real API server prunes unknown fields of custom resources unless the client asks
-            // for `fieldValidation=Strict`. Tests want the opposite: a misspelt field name in a
-            // client should fail loudly instead of vanishing.
+            // for `fieldValidation=Strict` (it warns). Tests want the opposite: a misspelt field
+            // name in a client should fail loudly instead of vanishing.
             strict_unknown_fields: true,
             validate_schema: true,
+            // Tests run side by side: each server takes whatever port is free.
+            port: 0,
         }
     }
 }
@@ -62,6 +68,13 @@ impl FakeApiServerOptions {
     #[must_use]
     pub fn strict_unknown_fields(mut self, strict: bool) -> Self {
         self.strict_unknown_fields = strict;
+        self
+    }
+
+    /// Sets [`port`](Self::port).
+    #[must_use]
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
         self
     }
 

@@ -21,8 +21,10 @@
 use rand::Rng as _;
 use serde_json::{Value, json};
 
+use crate::apply::{self, Applier, ApplyError};
 use crate::crd::{Resource, Version};
-use crate::schema::{self, UnknownFields};
+use crate::field_validation::{FieldValidation, Warnings};
+use crate::schema;
 use crate::selector::Selectors;
 use crate::status::{self, ApiError, Cause};
 use crate::store::{ObjectKey, ResourceKey, Store, object_key, resource_version};
@@ -41,17 +43,21 @@ pub(crate) struct Target<'a> {
 
 /// How writes treat the schema.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct WriteOptions {
+pub(crate) struct WriteOptions<'a> {
     pub(crate) validate: bool,
-    pub(crate) unknown: UnknownFields,
+    /// What fields the schema does not declare do to the write.
+    pub(crate) fields: FieldValidation,
+    /// Where `Warn` puts its warnings.
+    pub(crate) warnings: &'a Warnings,
 }
 
-/// The patch flavours kube sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The patch flavours clients send.
+#[derive(Debug, Clone)]
 pub(crate) enum PatchType {
     Merge,
     Json,
-    Apply,
+    /// Server-side apply, by this field manager.
+    Apply(Applier),
 }
 
 /// The outcome of a delete: still present (finalizers pending) or gone.
@@ -99,21 +105,58 @@ impl Target<'_> {
         ApiError::not_found(&self.resource.group, &self.resource.plural, self.name())
     }
 
-    fn invalid(&self, name: &str, causes: Vec<Cause>) -> ApiError {
-        ApiError::invalid(
-            &self.resource.kind,
-            &self.resource.group,
-            &self.resource.plural,
-            name,
-            causes,
-        )
+    fn apply_failed(&self, err: ApplyError) -> ApiError {
+        match err {
+            ApplyError::NoManager => ApiError::bad_request(
+                "PATCH with application/apply-patch+yaml requires the fieldManager parameter",
+            ),
+            ApplyError::Conflicts(conflicts) => {
+                let listed = conflicts
+                    .iter()
+                    .map(|(field, manager)| format!("conflict with \"{manager}\": {field}"))
+                    .collect::<Vec<_>>();
+                let mut err = ApiError::conflict(
+                    &self.resource.group,
+                    &self.resource.plural,
+                    self.name(),
+                    &format!(
+                        "Apply failed with {} conflict{}: {}",
+                        conflicts.len(),
+                        if conflicts.len() == 1 { "" } else { "s" },
+                        listed.join(", ")
+                    ),
+                );
+                err.causes = conflicts
+                    .into_iter()
+                    .map(|(field, manager)| {
+                        Cause::new(
+                            "FieldManagerConflict",
+                            &field,
+                            format!("conflict with \"{manager}\""),
+                        )
+                    })
+                    .collect();
+                err
+            }
+        }
     }
 
-    fn validate(&self, object: &mut Value, opts: WriteOptions) -> Result<(), ApiError> {
+    fn invalid(&self, name: &str, causes: Vec<Cause>) -> ApiError {
+        ApiError::invalid(&self.resource.kind, &self.resource.group, name, causes)
+    }
+
+    fn validate(&self, object: &mut Value, opts: WriteOptions<'_>) -> Result<(), ApiError> {
         let Some(schema) = self.version.schema.as_ref().filter(|_| opts.validate) else {
             return Ok(());
         };
-        let causes = schema::validate(schema, &self.version.patterns, object, opts.unknown);
+        let checked = schema::validate(schema, &self.version.patterns, object);
+        opts.fields.apply(
+            &self.resource.kind,
+            &self.version.name,
+            &checked.unknown,
+            opts.warnings,
+        )?;
+        let causes = checked.causes;
         if causes.is_empty() {
             Ok(())
         } else {
@@ -164,7 +207,7 @@ fn new_uid() -> String {
     )
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
@@ -224,8 +267,19 @@ pub(crate) fn list(store: &Store, t: Target<'_>, selectors: &Selectors) -> Value
 pub(crate) fn create(
     store: &mut Store,
     t: Target<'_>,
+    body: Value,
+    opts: WriteOptions<'_>,
+) -> Result<Value, ApiError> {
+    create_owned(store, t, body, opts, None)
+}
+
+/// [`create`], with the `managedFields` an apply computed.
+fn create_owned(
+    store: &mut Store,
+    t: Target<'_>,
     mut body: Value,
-    opts: WriteOptions,
+    opts: WriteOptions<'_>,
+    managed_fields: Option<Value>,
 ) -> Result<Value, ApiError> {
     require_object(&body)?;
     let namespace = t.namespace.unwrap_or("");
@@ -283,6 +337,9 @@ pub(crate) fn create(
     meta["uid"] = json!(new_uid());
     meta["creationTimestamp"] = json!(now());
     meta["generation"] = json!(1);
+    if let Some(managed) = managed_fields {
+        meta["managedFields"] = managed;
+    }
     body["metadata"] = meta;
     if t.version.status_subresource
         && let Some(m) = body.as_object_mut()
@@ -298,7 +355,7 @@ pub(crate) fn replace(
     store: &mut Store,
     t: Target<'_>,
     body: Value,
-    opts: WriteOptions,
+    opts: WriteOptions<'_>,
 ) -> Result<Value, ApiError> {
     require_object(&body)?;
     let current = store
@@ -311,9 +368,9 @@ pub(crate) fn replace(
 pub(crate) fn patch(
     store: &mut Store,
     t: Target<'_>,
-    patch_type: PatchType,
+    patch_type: &PatchType,
     body: &[u8],
-    opts: WriteOptions,
+    opts: WriteOptions<'_>,
 ) -> Result<Value, ApiError> {
     let bad = |e: &dyn std::fmt::Display| ApiError::bad_request(format!("invalid patch: {e}"));
     let current = store.get(&t.key(), &t.object_key()).cloned();
@@ -332,34 +389,45 @@ pub(crate) fn patch(
             require_object(&desired)?;
             write(store, t, current, desired, opts)
         }
-        PatchType::Merge | PatchType::Apply => {
-            let patch: Value = match serde_json::from_slice(body) {
-                Ok(v) => v,
-                // Server-side apply is specified as YAML; kube happens to send JSON.
-                Err(_) if patch_type == PatchType::Apply => std::str::from_utf8(body)
-                    .map_err(|e| bad(&e))
-                    .and_then(|s| serde_saphyr::from_str(s).map_err(|e| bad(&e)))?,
-                Err(e) => return Err(bad(&e)),
-            };
+        PatchType::Merge => {
+            let patch: Value = serde_json::from_slice(body).map_err(|e| bad(&e))?;
             if !patch.is_object() {
                 return Err(ApiError::bad_request("a merge patch must be a JSON object"));
             }
+            let current = current.ok_or_else(|| t.not_found())?;
+            let mut desired = current.clone();
+            json_patch::merge(&mut desired, &patch);
+            write(store, t, current, desired, opts)
+        }
+        PatchType::Apply(applier) => {
+            // Server-side apply is specified as YAML (a superset of the JSON kube sends).
+            let config: Value = std::str::from_utf8(body)
+                .map_err(|e| bad(&e))
+                .and_then(|s| serde_saphyr::from_str(s).map_err(|e| bad(&e)))?;
+            require_object(&config)?;
+            if t.status {
+                // The status subresource takes `.status` only: a merge of the applied status.
+                let current = current.ok_or_else(|| t.not_found())?;
+                let mut desired = current.clone();
+                json_patch::merge(&mut desired, &config);
+                return write(store, t, current, desired, opts);
+            }
+            let mut applied = apply::apply(
+                current.as_ref(),
+                &config,
+                applier,
+                t.version.schema.as_ref(),
+                &t.api_version(),
+                &now(),
+            )
+            .map_err(|e| t.apply_failed(e))?;
             match current {
-                Some(current) => {
-                    let mut desired = current.clone();
-                    json_patch::merge(&mut desired, &patch);
-                    write(store, t, current, desired, opts)
+                Some(current) => write(store, t, current, applied, opts),
+                None => {
+                    let managed = applied["metadata"]["managedFields"].take();
+                    applied["metadata"]["name"] = json!(t.name());
+                    create_owned(store, t, applied, opts, Some(managed))
                 }
-                None if patch_type == PatchType::Apply && !t.status => {
-                    let mut body = patch;
-                    if body.get("metadata").is_none() {
-                        body["metadata"] = json!({});
-                    }
-                    require_object(&body)?;
-                    body["metadata"]["name"] = json!(t.name());
-                    create(store, t, body, opts)
-                }
-                None => Err(t.not_found()),
             }
         }
     }
@@ -371,7 +439,7 @@ fn write(
     t: Target<'_>,
     current: Value,
     mut desired: Value,
-    opts: WriteOptions,
+    opts: WriteOptions<'_>,
 ) -> Result<Value, ApiError> {
     require_object(&desired)?;
     let (group, plural, name) = (&t.resource.group, &t.resource.plural, t.name());
@@ -409,6 +477,12 @@ fn write(
     } else {
         if desired.get("metadata").is_none() {
             desired["metadata"] = json!({});
+        }
+        // A write that leaves `managedFields` out keeps them, as upstream.
+        if desired["metadata"].get("managedFields").is_none()
+            && let Some(managed) = current["metadata"].get("managedFields")
+        {
+            desired["metadata"]["managedFields"] = managed.clone();
         }
         for server_owned in [
             "uid",

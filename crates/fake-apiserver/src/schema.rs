@@ -1,6 +1,7 @@
 //! Structural-schema validation of custom resources: the OpenAPI v3 subset CRDs use.
 //!
-//! Like the real API server this prunes unknown fields, drops `null`s of non-nullable fields and
+//! Like the real API server this prunes unknown fields (reporting them, for `fieldValidation`),
+//! drops `null`s of non-nullable fields and
 //! applies `default`s before validating. Supported keywords: `type`, `properties`, `required`,
 //! `items`, `additionalProperties`, `enum`, `pattern`, `format: date-time`,
 //! `maxLength`/`minLength`, `minimum`/`maximum`, `maxItems`/`minItems`, `nullable`,
@@ -21,13 +22,14 @@ use serde_json::{Map, Value};
 
 use crate::status::Cause;
 
-/// What to do with a field the schema does not declare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum UnknownFields {
-    /// Drop it silently, as the API server does by default.
-    Prune,
-    /// Reject it, as `fieldValidation=Strict` asks.
-    Reject,
+/// What [`validate`] found.
+#[derive(Debug, Default)]
+pub(crate) struct Checked {
+    /// Every violation; empty when the (pruned, defaulted) object is valid.
+    pub(crate) causes: Vec<Cause>,
+    /// The dotted paths of the fields the schema does not declare, which were pruned; what
+    /// `fieldValidation` decides about ([`crate::field_validation`]).
+    pub(crate) unknown: Vec<String>,
 }
 
 /// The compiled `pattern`s of one schema, keyed by their source text.
@@ -107,29 +109,20 @@ fn collect_patterns(
 }
 
 /// Validates `object` (a whole custom resource) in place against a version's `openAPIV3Schema`
-/// (whose `pattern`s are in `patterns`).
-///
-/// Returns every violation found; an empty list means the (pruned, defaulted) object is valid.
-pub(crate) fn validate(
-    schema: &Value,
-    patterns: &Patterns,
-    object: &mut Value,
-    unknown: UnknownFields,
-) -> Vec<Cause> {
-    let mut causes = Vec::new();
+/// (whose `pattern`s are in `patterns`), pruning the fields the schema does not declare.
+pub(crate) fn validate(schema: &Value, patterns: &Patterns, object: &mut Value) -> Checked {
+    let mut checked = Checked::default();
     let mut walker = Walker {
-        unknown,
         patterns,
-        causes: &mut causes,
+        checked: &mut checked,
     };
     walker.root(schema, object);
-    causes
+    checked
 }
 
 struct Walker<'a> {
-    unknown: UnknownFields,
     patterns: &'a Patterns,
-    causes: &'a mut Vec<Cause>,
+    checked: &'a mut Checked,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -158,7 +151,7 @@ fn flag(schema: &Value, key: &str) -> bool {
 
 impl Walker<'_> {
     fn cause(&mut self, reason: &str, path: &str, message: impl Into<String>) {
-        self.causes.push(Cause::new(reason, path, message));
+        self.checked.causes.push(Cause::new(reason, path, message));
     }
 
     /// The root accepts `apiVersion`, `kind` and `metadata` whatever the schema says.
@@ -437,14 +430,10 @@ impl Walker<'_> {
                     }
                 }
                 None if preserve || additional == Some(&Value::Bool(true)) => {}
-                None => match self.unknown {
-                    UnknownFields::Prune => {
-                        map.remove(&key);
-                    }
-                    UnknownFields::Reject => {
-                        self.cause("FieldValueInvalid", &field, "field not declared in schema");
-                    }
-                },
+                None => {
+                    map.remove(&key);
+                    self.checked.unknown.push(field);
+                }
             }
         }
 
@@ -482,10 +471,14 @@ mod tests {
         }})
     }
 
-    fn check(o: &mut Value, unknown: UnknownFields) -> Vec<Cause> {
+    fn check(o: &mut Value) -> Vec<Cause> {
+        checked(o).causes
+    }
+
+    fn checked(o: &mut Value) -> Checked {
         let schema = schema();
         let patterns = Patterns::compile(&schema).unwrap();
-        validate(&schema, &patterns, o, unknown)
+        validate(&schema, &patterns, o)
     }
 
     fn fields(causes: &[Cause]) -> Vec<&str> {
@@ -496,7 +489,7 @@ mod tests {
     fn a_valid_object_is_defaulted_and_accepted() {
         let mut o = json!({"apiVersion": "x/v1", "kind": "K", "metadata": {"name": "a"},
             "spec": {"ref": {"name": "p"}, "port": 80, "free": {"x": 1}, "labels": {"a": "b"}, "when": "2024-01-01T00:00:00Z"}});
-        assert!(check(&mut o, UnknownFields::Reject).is_empty());
+        assert!(check(&mut o).is_empty());
         assert_eq!(o["spec"]["policy"], "A");
         assert_eq!(o["spec"]["free"]["x"], 1);
     }
@@ -504,27 +497,28 @@ mod tests {
     #[test]
     fn missing_required_fields_are_reported_with_their_path() {
         let mut o = json!({"spec": {"ref": {}, "list": [{}]}});
-        let causes = check(&mut o, UnknownFields::Prune);
+        let causes = check(&mut o);
         assert_eq!(fields(&causes), ["spec.list[0].n", "spec.ref.name"]);
         assert_eq!(causes[0].message, "Required value");
     }
 
     #[test]
-    fn unknown_fields_are_pruned_or_rejected() {
-        let mut o = json!({"spec": {"ref": {"name": "p"}, "bogus": 1}, "extra": true});
-        assert!(check(&mut o, UnknownFields::Prune).is_empty());
-        assert_eq!(o, json!({"spec": {"ref": {"name": "p"}, "policy": "A"}}));
-        let mut o = json!({"spec": {"ref": {"name": "p"}, "bogus": 1}});
+    fn unknown_fields_are_pruned_and_reported_with_their_path() {
+        let mut o =
+            json!({"spec": {"ref": {"name": "p"}, "bogus": 1, "free": {"kept": 1}}, "extra": true});
+        let found = checked(&mut o);
+        assert!(found.causes.is_empty());
+        assert_eq!(found.unknown, ["extra", "spec.bogus"]);
         assert_eq!(
-            fields(&check(&mut o, UnknownFields::Reject)),
-            ["spec.bogus"]
+            o,
+            json!({"spec": {"ref": {"name": "p"}, "policy": "A", "free": {"kept": 1}}})
         );
     }
 
     #[test]
     fn types_enums_and_bounds_are_checked() {
         let mut o = json!({"spec": {"ref": {"name": "toolong"}, "policy": "C", "count": -1, "port": true, "when": "yesterday", "labels": {"a": 1}}});
-        let causes = check(&mut o, UnknownFields::Reject);
+        let causes = check(&mut o);
         let mut got = fields(&causes);
         got.sort_unstable();
         assert_eq!(
@@ -543,12 +537,12 @@ mod tests {
     #[test]
     fn strings_must_match_their_pattern_and_quantities_only_as_strings() {
         let mut ok = json!({"spec": {"ref": {"name": "p"}, "reason": "Ready", "quantity": "250m", "pattern": "not a keyword"}});
-        assert!(check(&mut ok, UnknownFields::Reject).is_empty());
+        assert!(check(&mut ok).is_empty());
         let mut int = json!({"spec": {"ref": {"name": "p"}, "quantity": 2}});
-        assert!(check(&mut int, UnknownFields::Reject).is_empty());
+        assert!(check(&mut int).is_empty());
         let mut bad =
             json!({"spec": {"ref": {"name": "p"}, "reason": "not-camel", "quantity": "lots"}});
-        let causes = check(&mut bad, UnknownFields::Reject);
+        let causes = check(&mut bad);
         let mut got = fields(&causes);
         got.sort_unstable();
         assert_eq!(got, ["spec.quantity", "spec.reason"]);
@@ -563,7 +557,7 @@ mod tests {
     #[test]
     fn a_null_is_kept_for_nullable_fields_and_dropped_for_others() {
         let mut o = json!({"spec": {"ref": {"name": "p"}, "note": null, "count": null}});
-        assert!(check(&mut o, UnknownFields::Reject).is_empty());
+        assert!(check(&mut o).is_empty());
         assert_eq!(o["spec"]["note"], Value::Null);
         assert!(o["spec"].get("count").is_none());
     }

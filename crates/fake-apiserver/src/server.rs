@@ -20,18 +20,20 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument as _;
 
+use crate::apply::Applier;
 use crate::crd::Registry;
 use crate::discovery;
 use crate::fault::{FaultAction, Faults, RequestFacts};
+use crate::field_validation::{FieldValidation, Warnings};
 use crate::options::FakeApiServerOptions;
-use crate::portforward;
 use crate::requests::{RequestLog, Verb};
 use crate::resource::{self, DeleteOptions, Deleted, PatchType, Target, WriteOptions};
-use crate::schema::UnknownFields;
 use crate::selector::{FieldSelector, LabelSelector, Selectors};
 use crate::status::ApiError;
 use crate::store::Store;
+use crate::table::{self, IncludeObject, PrinterColumn};
 use crate::watch::{self, WatchRequest};
+use crate::{openapi, openapi_pb, portforward};
 
 /// The largest request body accepted, as on a real API server.
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -130,6 +132,12 @@ enum Route {
     Groups,
     Group(String),
     Resources(String, String),
+    /// `/openapi/v2`.
+    OpenApiV2,
+    /// `/openapi/v3`: the index of group-version documents.
+    OpenApiV3,
+    /// `/openapi/v3/api/v1` (group `""`) or `/openapi/v3/apis/{group}/{version}`.
+    OpenApiV3Doc(String, String),
     Object {
         group: String,
         version: String,
@@ -170,12 +178,20 @@ fn route(path: &str) -> Route {
     };
     match segs.as_slice() {
         ["version"] => Route::Version,
+        ["openapi", "v2"] => Route::OpenApiV2,
+        ["openapi", "v3"] => Route::OpenApiV3,
+        ["openapi", "v3", "api", v] => Route::OpenApiV3Doc(String::new(), (*v).to_owned()),
+        ["openapi", "v3", "apis", g, v] => Route::OpenApiV3Doc((*g).to_owned(), (*v).to_owned()),
         ["api"] => Route::CoreVersions,
         ["api", "v1"] => Route::CoreResources,
         ["api", "v1", "namespaces", ns, "pods", name, "portforward"] => Route::PortForward {
             namespace: (*ns).to_owned(),
             name: (*name).to_owned(),
         },
+        // A namespace itself, and its status: no resource is called `status`.
+        ["api", "v1", "namespaces", name, "status"] => {
+            obj("", "v1", None, &["namespaces", name, "status"])
+        }
         ["api", "v1", "namespaces", ns, rest @ ..] if !rest.is_empty() => {
             obj("", "v1", Some(ns), rest)
         }
@@ -286,6 +302,9 @@ async fn dispatch(
             status,
             ..
         } => (plural.clone(), status.then_some("status"), name.clone()),
+        Route::OpenApiV2 | Route::OpenApiV3 | Route::OpenApiV3Doc(..) => {
+            ("openapi".to_owned(), None, None)
+        }
         _ => ("discovery".to_owned(), None, None),
     };
     let has_resource_version = query
@@ -343,25 +362,48 @@ async fn dispatch(
             )));
         }
     };
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let header_text = |name: header::HeaderName| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let content_type = header_text(header::CONTENT_TYPE);
+    let accept = header_text(header::ACCEPT);
     let ctx = Ctx {
         shared,
         verb,
         query: &query,
         body: &body,
         content_type: &content_type,
+        accept: &accept,
+        warnings: Warnings::default(),
         drop_after,
         expire,
     };
-    Ok(match ctx.run(&route) {
+    let mut response = match ctx.run(&route) {
         Ok(Answer::Json(status, value)) => full(status, &value),
-        Ok(Answer::Watch(rx)) => {
-            let stream = ReceiverStream::new(rx).map(|chunk| chunk.map(Frame::data));
+        Ok(Answer::Bytes(content_type, bytes)) => {
+            let body = Full::new(Bytes::from(bytes))
+                .map_err(|never: Infallible| match never {})
+                .boxed();
+            let mut response = Response::new(body);
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(content_type),
+            );
+            response
+        }
+        Ok(Answer::Watch(rx, tabulate)) => {
+            let stream = ReceiverStream::new(rx).map(move |chunk| {
+                chunk.map(|bytes| match &tabulate {
+                    Some((columns, include)) => table_event(&bytes, columns, *include),
+                    None => bytes,
+                })
+            });
+            let stream = stream.map(|chunk| chunk.map(Frame::data));
             let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -370,12 +412,43 @@ async fn dispatch(
             response
         }
         Err(err) => error_response(&err),
-    })
+    };
+    for warning in ctx.warnings.headers() {
+        response.headers_mut().append(header::WARNING, warning);
+    }
+    Ok(response)
+}
+
+/// One watch event line with its object as a one-row `Table` (errors pass as they are).
+fn table_event(line: &Bytes, columns: &[PrinterColumn], include: IncludeObject) -> Bytes {
+    let Ok(mut event) = serde_json::from_slice::<Value>(line) else {
+        return line.clone();
+    };
+    if !matches!(
+        event["type"].as_str(),
+        Some("ADDED" | "MODIFIED" | "DELETED")
+    ) {
+        return line.clone();
+    }
+    let rv = event
+        .pointer("/object/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    event["object"] = table::table(columns, &[event["object"].take()], &rv, include);
+    let mut bytes = serde_json::to_vec(&event).unwrap_or_default();
+    bytes.push(b'\n');
+    Bytes::from(bytes)
 }
 
 enum Answer {
     Json(StatusCode, Value),
-    Watch(tokio::sync::mpsc::Receiver<watch::Chunk>),
+    Bytes(&'static str, Vec<u8>),
+    /// A watch, and the columns when its events carry `Table`s.
+    Watch(
+        tokio::sync::mpsc::Receiver<watch::Chunk>,
+        Option<(Vec<PrinterColumn>, IncludeObject)>,
+    ),
 }
 
 struct Ctx<'a> {
@@ -384,6 +457,9 @@ struct Ctx<'a> {
     query: &'a HashMap<String, String>,
     body: &'a Bytes,
     content_type: &'a str,
+    accept: &'a str,
+    /// Sent back as `Warning` headers.
+    warnings: Warnings,
     drop_after: Option<usize>,
     expire: bool,
 }
@@ -406,17 +482,25 @@ impl Ctx<'_> {
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
     }
 
-    fn write_options(&self) -> WriteOptions {
-        let unknown = match self.q("fieldValidation") {
-            Some("Strict") => UnknownFields::Reject,
-            Some(_) => UnknownFields::Prune,
-            None if self.shared.options.strict_unknown_fields => UnknownFields::Reject,
-            None => UnknownFields::Prune,
-        };
-        WriteOptions {
+    fn write_options(&self) -> Result<WriteOptions<'_>, ApiError> {
+        Ok(WriteOptions {
             validate: self.shared.options.validate_schema,
-            unknown,
-        }
+            fields: FieldValidation::parse(
+                self.q("fieldValidation"),
+                self.shared.options.strict_unknown_fields,
+            )?,
+            warnings: &self.warnings,
+        })
+    }
+
+    /// The printer columns when the client asked for a `Table`.
+    fn tabulate(&self, t: &Target<'_>) -> Option<(Vec<PrinterColumn>, IncludeObject)> {
+        (table::wanted(self.accept) && !t.status).then(|| {
+            (
+                t.version.printer_columns.clone(),
+                IncludeObject::parse(self.q("includeObject")),
+            )
+        })
     }
 
     fn run(&self, route: &Route) -> Result<Answer, ApiError> {
@@ -442,6 +526,21 @@ impl Ctx<'_> {
             Route::Resources(g, v) => {
                 discovery::resources(&state.crds, g, v).map_or_else(|| Err(not_found()), ok)
             }
+            Route::OpenApiV2 => {
+                let doc = openapi::v2(&state.crds);
+                if self.accept.contains(openapi_pb::ACCEPTED) {
+                    Ok(Answer::Bytes(
+                        openapi_pb::CONTENT_TYPE,
+                        openapi_pb::encode(&doc),
+                    ))
+                } else {
+                    ok(doc)
+                }
+            }
+            Route::OpenApiV3 => ok(openapi::v3_index(&state.crds)),
+            Route::OpenApiV3Doc(g, v) => {
+                openapi::v3_group_version(&state.crds, g, v).map_or_else(|| Err(not_found()), ok)
+            }
             Route::Unknown => Err(not_found()),
             Route::Object {
                 group,
@@ -453,6 +552,9 @@ impl Ctx<'_> {
             } => {
                 let resource = state.crds.get(group, plural).ok_or_else(not_found)?;
                 let v = resource.version(version).ok_or_else(not_found)?;
+                if let Some(deprecation) = &v.deprecation {
+                    self.warnings.push(deprecation.clone());
+                }
                 if *status && !v.status_subresource {
                     return Err(not_found());
                 }
@@ -483,8 +585,36 @@ impl Ctx<'_> {
         let mut state = self.shared.lock();
         let store = &mut state.store;
         match self.verb {
-            Verb::Get => ok(resource::get(store, t)?),
-            Verb::List => ok(resource::list(store, t, &self.selectors()?)),
+            Verb::Get => {
+                let object = resource::get(store, t)?;
+                match self.tabulate(&t) {
+                    Some((columns, include)) => {
+                        let rv = object["metadata"]["resourceVersion"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned();
+                        ok(table::table(&columns, &[object], &rv, include))
+                    }
+                    None => ok(object),
+                }
+            }
+            Verb::List => {
+                let mut list = resource::list(store, t, &self.selectors()?);
+                match self.tabulate(&t) {
+                    Some((columns, include)) => {
+                        let rv = list["metadata"]["resourceVersion"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned();
+                        let items = match list["items"].take() {
+                            Value::Array(items) => items,
+                            _ => Vec::new(),
+                        };
+                        ok(table::table(&columns, &items, &rv, include))
+                    }
+                    None => ok(list),
+                }
+            }
             Verb::Watch => {
                 let req = WatchRequest {
                     resource: Arc::new(t.resource.clone()),
@@ -507,17 +637,17 @@ impl Ctx<'_> {
                     self.shared.options.bookmark_interval,
                     self.shared.shutdown.clone(),
                 )?;
-                Ok(Answer::Watch(rx))
+                Ok(Answer::Watch(rx, self.tabulate(&t)))
             }
             Verb::Create => {
-                let created = resource::create(store, t, self.json_body()?, self.write_options())?;
+                let created = resource::create(store, t, self.json_body()?, self.write_options()?)?;
                 Ok(Answer::Json(StatusCode::CREATED, created))
             }
             Verb::Update => ok(resource::replace(
                 store,
                 t,
                 self.json_body()?,
-                self.write_options(),
+                self.write_options()?,
             )?),
             Verb::Patch => {
                 let ct = self.content_type.split(';').next().unwrap_or("").trim();
@@ -527,7 +657,10 @@ impl Ctx<'_> {
                     }
                     "application/json-patch+json" => PatchType::Json,
                     "application/apply-patch+yaml" | "application/apply-patch+json" => {
-                        PatchType::Apply
+                        PatchType::Apply(Applier {
+                            manager: self.q("fieldManager").unwrap_or("").to_owned(),
+                            force: self.q("force") == Some("true"),
+                        })
                     }
                     other => {
                         return Err(ApiError::new(
@@ -542,9 +675,9 @@ impl Ctx<'_> {
                 ok(resource::patch(
                     store,
                     t,
-                    patch_type,
+                    &patch_type,
                     self.body,
-                    self.write_options(),
+                    self.write_options()?,
                 )?)
             }
             Verb::Delete => {

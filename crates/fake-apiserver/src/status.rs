@@ -33,7 +33,8 @@ pub(crate) struct ApiError {
     pub(crate) code: u16,
     pub(crate) reason: String,
     pub(crate) message: String,
-    /// `details.name`, `details.group` and `details.kind` (kind is the plural, as upstream does).
+    /// `details.name`, `details.group` and `details.kind`: as upstream, the resource (plural) for
+    /// NotFound, AlreadyExists and Conflict, the kind for Invalid.
     pub(crate) details: Option<Box<(String, String, String)>>,
     pub(crate) causes: Vec<Cause>,
     pub(crate) retry_after_secs: Option<u64>,
@@ -90,13 +91,7 @@ impl ApiError {
         .with_details(group, plural, name)
     }
 
-    pub(crate) fn invalid(
-        kind: &str,
-        group: &str,
-        plural: &str,
-        name: &str,
-        causes: Vec<Cause>,
-    ) -> Self {
+    pub(crate) fn invalid(kind: &str, group: &str, name: &str, causes: Vec<Cause>) -> Self {
         let summary = causes
             .iter()
             .map(|c| format!("{}: {}", c.field, c.message))
@@ -110,7 +105,7 @@ impl ApiError {
                 qualified(kind, group)
             ),
         )
-        .with_details(group, plural, name);
+        .with_details(group, kind, name);
         err.causes = causes;
         err
     }

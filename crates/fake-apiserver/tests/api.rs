@@ -209,8 +209,13 @@ async fn an_unknown_spec_field_is_rejected_by_default_and_pruned_when_lenient() 
             .await
             .unwrap_err(),
     );
-    assert!(err.is_invalid());
-    assert_eq!(err.details.unwrap().causes[0].field, "spec.warmPoolRefs");
+    assert_eq!((err.code, err.reason.as_str()), (400, "BadRequest"));
+    assert!(
+        err.message
+            .ends_with("strict decoding error: unknown field \"spec.warmPoolRefs\""),
+        "{}",
+        err.message
+    );
 
     let lenient = server_with(FakeApiServerOptions::default().strict_unknown_fields(false)).await;
     let created = claims(&lenient)

@@ -254,6 +254,12 @@ async fn verdict(client: &kube::Client, doc: &Value) -> Verdict {
     match support::create(client, doc).await {
         Ok(()) => Verdict::Valid,
         Err(kube::Error::Api(status)) if status.code == 422 => Verdict::Invalid(status.message),
+        // Unknown fields under strict field validation: a decoding error, as upstream.
+        Err(kube::Error::Api(status))
+            if status.code == 400 && status.message.contains("strict decoding error") =>
+        {
+            Verdict::Invalid(status.message)
+        }
         Err(e) => panic!(
             "{} {} was neither accepted nor rejected as invalid: {e}",
             doc["kind"], doc["apiVersion"]
