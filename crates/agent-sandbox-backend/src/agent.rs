@@ -6,11 +6,13 @@ use std::sync::Arc;
 use axp_transport::pb::{AgentStart, Message};
 use sandbox_claim::{ApiVersion, Claims, VersionSelection};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::{
     conversations::Conversations,
     error::SandboxAgentError,
     execution::ExecutionReport,
+    metrics::BackendMetrics,
     options::{ReleasePolicy, SandboxAgentOptions},
     registry::AgentSandboxAgentConfig,
 };
@@ -85,8 +87,9 @@ impl AgentSandboxAgent {
     /// [`SandboxAgentError::Detect`] when discovery fails or agent-sandbox is not installed.
     pub async fn new(
         kube: kube::Client,
-        options: SandboxAgentOptions,
+        mut options: SandboxAgentOptions,
     ) -> Result<Self, SandboxAgentError> {
+        options.claims.retry.observer = Some(options.metrics.retry_observer());
         let claims =
             Claims::detect(kube, options.claims.clone())
                 .await
@@ -100,13 +103,15 @@ impl AgentSandboxAgent {
         Ok(Self::with_claims(claims, options))
     }
 
-    /// A backend over an existing [`Claims`] (its options win over `options.claims`).
+    /// A backend over an existing [`Claims`] (its options win over `options.claims`; its
+    /// API retries are counted only if its retry policy has
+    /// [`BackendMetrics::retry_observer`](crate::BackendMetrics::retry_observer)).
     pub fn with_claims(claims: Claims, options: SandboxAgentOptions) -> Self {
         Self {
             inner: Arc::new(Inner {
                 claims,
+                conversations: Conversations::new(options.metrics.clone()),
                 options,
-                conversations: Conversations::default(),
             }),
         }
     }
@@ -136,6 +141,20 @@ impl AgentSandboxAgent {
         kube: kube::Client,
         config: &AgentSandboxAgentConfig,
     ) -> Result<Self, SandboxAgentError> {
+        Self::from_config_with_metrics(kube, config, BackendMetrics::default()).await
+    }
+
+    /// [`AgentSandboxAgent::from_config`], counting in `metrics` (which the host has
+    /// registered and serves; see [`crate::metrics`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`AgentSandboxAgent::from_config`].
+    pub async fn from_config_with_metrics(
+        kube: kube::Client,
+        config: &AgentSandboxAgentConfig,
+        metrics: BackendMetrics,
+    ) -> Result<Self, SandboxAgentError> {
         let version = match config.api_version {
             VersionSelection::V1beta1 => ApiVersion::V1beta1,
             VersionSelection::V1alpha1 => ApiVersion::V1alpha1,
@@ -143,8 +162,10 @@ impl AgentSandboxAgent {
                 .await
                 .map_err(SandboxAgentError::Detect)?,
         };
-        let options =
+        let mut options =
             SandboxAgentOptions::from_config(config, version).map_err(SandboxAgentError::Config)?;
+        options.claims.retry.observer = Some(metrics.retry_observer());
+        options.metrics = metrics;
         let claims = Claims::new(kube, options.claims.clone());
         Ok(Self::with_claims(claims, options))
     }
@@ -167,6 +188,9 @@ impl AgentSandboxAgent {
     /// Runs one execution of `conversation_id` in its sandbox, handing each
     /// output batch to `outputs` as it arrives.
     ///
+    /// The execution is the span `execution` (see the crate's Tracing section), a child of
+    /// the caller's current span; its W3C trace context travels to the agent.
+    ///
     /// # Errors
     ///
     /// See [`SandboxAgentError`]. A failed execution leaves the claim in place
@@ -176,9 +200,44 @@ impl AgentSandboxAgent {
         conversation_id: &str,
         exec_id: &str,
         start: AgentStart,
-        mut outputs: impl FnMut(Vec<Message>) + Send,
+        outputs: impl FnMut(Vec<Message>) + Send,
     ) -> Result<ExecutionReport, SandboxAgentError> {
+        let span = tracing::info_span!(
+            "execution",
+            conversation_id,
+            exec_id,
+            protocol = %self.inner.options.protocol,
+            outcome = tracing::field::Empty,
+            re_resolved = tracing::field::Empty,
+        );
         let started = Instant::now();
+        let result = self
+            .execute(conversation_id, exec_id, start, outputs, started)
+            .instrument(span.clone())
+            .await;
+        let outcome = match &result {
+            Ok(report) => {
+                span.record("re_resolved", report.re_resolved);
+                "ok"
+            }
+            Err(error) => error.step(),
+        };
+        span.record("outcome", outcome);
+        self.inner
+            .options
+            .metrics
+            .executed(outcome, started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn execute(
+        &self,
+        conversation_id: &str,
+        exec_id: &str,
+        start: AgentStart,
+        mut outputs: impl FnMut(Vec<Message>) + Send,
+        started: Instant,
+    ) -> Result<ExecutionReport, SandboxAgentError> {
         let slot = self.inner.conversations.slot(conversation_id);
         let mut endpoint = slot.lock().await;
         let result = self

@@ -14,6 +14,7 @@ use crate::{
     client::AgentClient,
     error::SandboxAgentError,
     execution::Reached,
+    metrics::BackendMetrics,
     options::{ConnectionMode, SandboxAgentOptions},
     portforward::Tunnel,
 };
@@ -111,12 +112,21 @@ impl Endpoint {
 pub(crate) type Slot = Arc<Mutex<Option<Endpoint>>>;
 
 /// The conversations a backend holds, by id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Conversations {
     slots: StdMutex<HashMap<String, Slot>>,
+    /// `active_conversations` follows the map.
+    metrics: BackendMetrics,
 }
 
 impl Conversations {
+    pub(crate) fn new(metrics: BackendMetrics) -> Self {
+        Self {
+            slots: StdMutex::default(),
+            metrics,
+        }
+    }
+
     fn map(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
         // Every critical section is one map operation: a panic elsewhere cannot
         // leave the map half-updated, so a poisoned lock is still consistent.
@@ -127,7 +137,10 @@ impl Conversations {
     pub(crate) fn slot(&self, conversation_id: &str) -> Slot {
         self.map()
             .entry(conversation_id.to_owned())
-            .or_default()
+            .or_insert_with(|| {
+                self.metrics.conversation_opened();
+                Slot::default()
+            })
             .clone()
     }
 
@@ -140,11 +153,21 @@ impl Conversations {
             .is_some_and(|current| Arc::ptr_eq(current, slot))
         {
             map.remove(conversation_id);
+            self.metrics.conversation_closed();
         }
     }
 
     /// The ids of the conversations held now.
     pub(crate) fn ids(&self) -> Vec<String> {
         self.map().keys().cloned().collect()
+    }
+}
+
+impl Drop for Conversations {
+    fn drop(&mut self) {
+        // A backend dropped without `close` holds its conversations no longer.
+        for _ in 0..self.map().len() {
+            self.metrics.conversation_closed();
+        }
     }
 }

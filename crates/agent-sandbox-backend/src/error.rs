@@ -92,6 +92,22 @@ impl SandboxAgentError {
         }
     }
 
+    /// The step that failed, as a short name (`config`, `detect`, `claim`, `wait`,
+    /// `connect`, `port_forward`, `stream`, `release`): the `outcome` of the execution's span
+    /// and metrics.
+    pub fn step(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "config",
+            Self::Detect(_) => "detect",
+            Self::Claim { .. } => "claim",
+            Self::Wait { .. } => "wait",
+            Self::Connect { .. } => "connect",
+            Self::PortForward { .. } => "port_forward",
+            Self::Stream { .. } => "stream",
+            Self::Release { .. } => "release",
+        }
+    }
+
     /// Output frames delivered to the caller before the failure.
     pub fn outputs_delivered(&self) -> usize {
         match self {

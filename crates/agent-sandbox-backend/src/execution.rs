@@ -7,17 +7,25 @@ use axp_transport::{
     ClientError,
     pb::{AgentStart, Message},
     remote::ExecutionSummary,
+    trace_context,
 };
 use futures::StreamExt;
-use sandbox_claim::SandboxHandle;
+use sandbox_claim::{AcquireOptions, SandboxHandle};
 use tokio::time::Instant;
 use tonic::Code;
+use tracing::Instrument as _;
 
 use crate::{
     AgentSandboxAgent,
     conversations::Endpoint,
     error::{SandboxAgentError, claim_error},
+    metrics::ClaimEnd,
 };
+
+/// The claim annotation that records the trace context of the execution that created the
+/// claim: a JSON object of W3C headers (`{"traceparent": "00-…-…-01"}`), as the
+/// agent-sandbox SDKs write it and its controller reads it.
+pub const TRACE_CONTEXT_ANNOTATION: &str = "opentelemetry.io/trace-context";
 
 /// What one execution did, for callers that report timings.
 #[derive(Debug, Clone)]
@@ -183,29 +191,62 @@ impl AgentSandboxAgent {
         }
     }
 
-    /// Creates or adopts the conversation's claim and waits until it is Ready.
+    /// Creates or adopts the conversation's claim and waits until it is Ready. A claim it
+    /// creates records the current trace context, as the agent-sandbox SDKs do.
     async fn acquire(&self, conversation_id: &str) -> Result<SandboxHandle, SandboxAgentError> {
-        let claims = &self.inner.claims;
-        claims
-            .acquire(conversation_id)
+        let metrics = &self.inner.options.metrics;
+        let mut options = AcquireOptions::default();
+        let trace = trace_context::headers(&tracing::Span::current());
+        if !trace.is_empty()
+            && let Ok(json) = serde_json::to_string(&trace)
+        {
+            options = options.annotation(TRACE_CONTEXT_ANNOTATION, json);
+        }
+        let started = Instant::now();
+        match self
+            .inner
+            .claims
+            .acquire_with(conversation_id, &options)
             .await
-            .map_err(|source| claim_error(self.claim_name(conversation_id), source))
+        {
+            Ok(acquired) => {
+                metrics.acquired(
+                    acquired.path,
+                    started.elapsed().as_secs_f64(),
+                    acquired.ready_wait.as_secs_f64(),
+                );
+                tracing::debug!(path = acquired.path.as_str(), "claim acquired");
+                Ok(acquired.handle)
+            }
+            Err(source) => {
+                let timed_out = matches!(
+                    source.wait_error(),
+                    Some(sandbox_claim::wait::Error::Timeout { .. })
+                );
+                metrics.acquire_failed(timed_out, started.elapsed().as_secs_f64());
+                Err(claim_error(self.claim_name(conversation_id), source))
+            }
+        }
     }
 
     /// After a failed call: read the claim again (its sandbox or IP may have
     /// changed); if it is gone, claim a new sandbox.
     async fn re_resolve(&self, conversation_id: &str) -> Result<SandboxHandle, SandboxAgentError> {
-        match self.inner.claims.resolve(conversation_id).await {
+        let metrics = &self.inner.options.metrics;
+        let resolved = match self.inner.claims.resolve(conversation_id).await {
             Ok(handle) => Ok(handle),
             Err(sandbox_claim::Error::NotFound { .. }) => {
                 tracing::warn!(
                     conversation_id,
                     "claim is gone; claiming a new sandbox (agent state is lost)"
                 );
+                metrics.released(ClaimEnd::Expired, 1);
                 self.acquire(conversation_id).await
             }
             Err(source) => Err(claim_error(self.claim_name(conversation_id), source)),
-        }
+        };
+        metrics.re_resolved(resolved.is_ok());
+        resolved
     }
 
     /// The claim's name for error messages; `-` when the id makes none.
@@ -228,24 +269,45 @@ impl AgentSandboxAgent {
         let call_started = Instant::now();
         // Keep the claim alive for as long as the execution runs.
         let _renewal = self.renew_while_running(conversation_id);
+        // The call's trace context (this span's) is what the agent's span continues.
+        let connect_span = tracing::info_span!(
+            "connect",
+            otel.kind = "client",
+            endpoint = %endpoint.address,
+            connection = endpoint.reached.mode(),
+        );
         let mut stream = endpoint
             .client
             .connect(conversation_id, exec_id, start)
+            .instrument(connect_span)
             .await
             .map_err(CallFailure::BeforeOutput)?;
+        let stream_span = tracing::info_span!(
+            "stream",
+            frames = tracing::field::Empty,
+            ended = tracing::field::Empty
+        );
         let mut frames = 0;
         let mut first_output = None;
-        while let Some(batch) = stream.next().await {
-            match batch {
-                Ok(messages) => {
-                    frames += 1;
-                    first_output.get_or_insert_with(|| call_started.elapsed());
-                    outputs(messages);
+        let read = async {
+            while let Some(batch) = stream.next().await {
+                match batch {
+                    Ok(messages) => {
+                        frames += 1;
+                        first_output.get_or_insert_with(|| call_started.elapsed());
+                        outputs(messages);
+                    }
+                    Err(source) if frames == 0 => return Err(CallFailure::BeforeOutput(source)),
+                    Err(source) => return Err(CallFailure::AfterOutput { frames, source }),
                 }
-                Err(source) if frames == 0 => return Err(CallFailure::BeforeOutput(source)),
-                Err(source) => return Err(CallFailure::AfterOutput { frames, source }),
             }
+            Ok(())
         }
+        .instrument(stream_span.clone())
+        .await;
+        stream_span.record("frames", frames);
+        stream_span.record("ended", stream.ended());
+        read?;
         Ok(ExecutionReport {
             sandbox: endpoint.handle.clone(),
             claim_to_ready: Duration::ZERO,

@@ -27,9 +27,19 @@
 //! - [`registry`]: the `ax.yaml` section, parsed and validated.
 //! - [`options`]: how the backend claims and connects, and how an entry becomes that.
 //! - [`error`]: which step of an execution failed.
+//! - [`metrics`]: the backend's Prometheus metrics, registered in the host's registry.
 //! - [`portforward`]: the port-forward connection mode's tunnels and their errors.
 //! - The backend itself: the handle ([`AgentSandboxAgent`]), the per-conversation
 //!   state, one execution with its re-resolve and retry, claim renewal, and release.
+//!
+//! # Tracing
+//!
+//! Each execution is a span `execution` (fields `conversation_id`, `exec_id`, `outcome`)
+//! under the caller's current span, with children `acquire` (sandbox-claim's: `create_claim`,
+//! `wait_ready`), `connect` (the call, up to the agent's response headers) and `stream` (its
+//! outputs). The call carries the span's W3C trace context to the agent, and a claim the
+//! execution creates records it in the annotation `opentelemetry.io/trace-context`, as the
+//! agent-sandbox SDKs do.
 //! - [`testing`] (feature `testing`): loopback addresses for "pods" on one machine.
 //!
 //! # Example
@@ -61,6 +71,7 @@ mod client;
 mod conversations;
 pub mod error;
 mod execution;
+pub mod metrics;
 pub mod options;
 pub mod portforward;
 pub mod registry;
@@ -72,6 +83,7 @@ pub mod testing;
 
 pub use agent::AgentSandboxAgent;
 pub use error::SandboxAgentError;
-pub use execution::{ExecutionReport, Reached};
+pub use execution::{ExecutionReport, Reached, TRACE_CONTEXT_ANNOTATION};
+pub use metrics::BackendMetrics;
 pub use options::{ConfigError, ConnectionMode, ReleasePolicy, SandboxAgentOptions};
 pub use registry::{AgentSandboxAgentConfig, Registry, RegistryError};

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use axp_transport::{ClientOptions, DEFAULT_PORT, Protocol};
 use sandbox_claim::{ApiVersion, ClaimOptions, VersionSelection};
 
-use crate::registry::AgentSandboxAgentConfig;
+use crate::{metrics::BackendMetrics, registry::AgentSandboxAgentConfig};
 
 /// How an [`AgentSandboxAgent`](crate::AgentSandboxAgent) claims sandboxes and reaches its agents.
 #[derive(Debug, Clone)]
@@ -23,6 +23,8 @@ pub struct SandboxAgentOptions {
     pub release: ReleasePolicy,
     /// Options of the AXP client (deadline, token, TLS, …).
     pub client: ClientOptions,
+    /// Where the backend counts what it does; register it in the host's registry to serve it.
+    pub metrics: BackendMetrics,
 }
 
 impl Default for SandboxAgentOptions {
@@ -43,6 +45,8 @@ impl Default for SandboxAgentOptions {
             // No bound on a call unless the configuration sets one: the planner
             // puts its own deadline on sub-agent calls.
             client: ClientOptions::default(),
+            // Counted always (a few atomics); served only once registered.
+            metrics: BackendMetrics::default(),
         }
     }
 }
@@ -185,6 +189,7 @@ impl SandboxAgentOptions {
                 bearer_token,
                 ..ClientOptions::default()
             },
+            metrics: BackendMetrics::default(),
         })
     }
 }

@@ -1,6 +1,6 @@
 //! Giving sandboxes back: one conversation's, or every one a backend holds.
 
-use crate::{AgentSandboxAgent, error::SandboxAgentError};
+use crate::{AgentSandboxAgent, error::SandboxAgentError, metrics::ClaimEnd};
 
 impl AgentSandboxAgent {
     /// Gives the conversation's sandbox back. Idempotent.
@@ -40,7 +40,33 @@ impl AgentSandboxAgent {
             .map_err(|source| SandboxAgentError::Release {
                 conversation: conversation_id.to_owned(),
                 source: Box::new(source),
-            })
+            })?;
+        self.inner.options.metrics.released(ClaimEnd::Released, 1);
+        Ok(())
+    }
+
+    /// Deletes the claims of this backend's namespace and source whose `shutdownTime` has
+    /// passed (or that name no conversation), counting them as swept; returns their names.
+    /// Claims of live conversations, this backend's or another controller's, are kept.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxAgentError::Claim`] when listing or deleting failed.
+    pub async fn sweep_expired(&self) -> Result<Vec<String>, SandboxAgentError> {
+        let report =
+            self.inner
+                .claims
+                .sweep(|_| true)
+                .await
+                .map_err(|source| SandboxAgentError::Claim {
+                    claim: "-".into(),
+                    source: Box::new(source),
+                })?;
+        self.inner
+            .options
+            .metrics
+            .released(ClaimEnd::Swept, report.deleted.len() as u64);
+        Ok(report.deleted)
     }
 
     /// Releases every conversation this backend holds, waiting for running

@@ -23,6 +23,10 @@
 //! - [`conventions`]: the AXP port and the line an agent binary prints once it listens.
 //! - [`remote::RemoteAgent`]: the one trait a controller holds every kind of
 //!   remote agent by; [`remote::EndpointAgent`] is the plain `host:port` kind.
+//! - [`trace_context`]: W3C trace context in call metadata; clients send the
+//!   current span's, the server continues the caller's trace on both protocols.
+//! - [`telemetry`] (feature `otlp`): OTLP span export set up from `OTEL_*`.
+//! - [`metrics_http`] (feature `metrics-http`): a Prometheus registry served over HTTP.
 //! - [`pb`] holds the generated protobuf types (package `ax`).
 //!
 //! The wire contract is the protos (the repository's `proto/`, compiled into [`pb`])
@@ -32,8 +36,13 @@ pub mod agent;
 pub mod client;
 pub mod content;
 pub mod conventions;
+#[cfg(feature = "metrics-http")]
+pub mod metrics_http;
 pub mod remote;
 pub mod server;
+#[cfg(feature = "otlp")]
+pub mod telemetry;
+pub mod trace_context;
 
 pub use agent::{Agent, AgentError, Execution, OutputStream, Protocol};
 pub use client::{AxpClient, ClientError, ClientOptions, HarnessClient};

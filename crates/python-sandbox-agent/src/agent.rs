@@ -33,9 +33,11 @@ use axp_transport::{
 use tokio::sync::{OwnedMutexGuard, mpsc};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{
     config::AgentOptions,
+    metrics::{ExecOutcome, RestartCause},
     output::{self, Collector, Outcome, StreamKind},
     prompt,
     worker::{
@@ -144,6 +146,7 @@ impl PythonAgent {
             state.shut_down = true;
             state.sessions.drain().map(|(_, s)| s).collect()
         };
+        self.inner.options.metrics.set_live_conversations(0);
         drop(
             self.inner
                 .spare
@@ -221,6 +224,7 @@ impl PythonAgent {
         state
             .sessions
             .insert(conversation_id.to_owned(), session.clone());
+        options.metrics.set_live_conversations(state.sessions.len());
         Ok(session)
     }
 
@@ -263,6 +267,7 @@ impl PythonAgent {
                 None => return Ok(()),
                 Some(status) => {
                     tracing::warn!(%status, "the Python worker exited between executions");
+                    self.inner.options.metrics.restarted(RestartCause::DiedIdle);
                     slot.notice = Some(format!(
                         "The Python worker had exited since the last execution ({status}). {STATE_LOST}"
                     ));
@@ -282,7 +287,54 @@ impl PythonAgent {
 }
 
 impl Agent for PythonAgent {
+    /// Runs in the server's execution span (`axp.connect` / `harness.connect`, which carries
+    /// the conversation and exec ids and continues the caller's trace): a child span
+    /// `worker.dispatch` finds the conversation's worker, and `python.run` runs the code.
     async fn execute(&self, execution: Execution) -> Result<OutputStream, AgentError> {
+        let protocol = execution.protocol;
+        let received = tokio::time::Instant::now();
+        let parent = tracing::Span::current();
+        let dispatch = tracing::info_span!("worker.dispatch");
+        let result = self
+            .dispatch(execution, received, &parent)
+            .instrument(dispatch)
+            .await;
+        if result.is_err() {
+            self.inner
+                .options
+                .metrics
+                .executed(protocol.service_name(), ExecOutcome::Refused);
+        }
+        result
+    }
+
+    async fn health(&self) -> HealthCheckResponse {
+        match self.inner.info.get() {
+            Some(info) => HealthCheckResponse {
+                healthy: true,
+                message: format!(
+                    "Python {} ({})",
+                    info.version.split_whitespace().next().unwrap_or(""),
+                    info.prefix
+                ),
+            },
+            None => HealthCheckResponse {
+                healthy: false,
+                message: "the Python worker is starting".into(),
+            },
+        }
+    }
+}
+
+impl PythonAgent {
+    /// Checks the call, finds (or starts) the conversation's worker and starts the code in `python.run`, a child of
+    /// `parent` (the server's execution span).
+    async fn dispatch(
+        &self,
+        execution: Execution,
+        received: tokio::time::Instant,
+        parent: &tracing::Span,
+    ) -> Result<OutputStream, AgentError> {
         let Execution {
             protocol,
             conversation_id,
@@ -373,27 +425,19 @@ impl Agent for PythonAgent {
             exec_id,
             protocol,
             cancelled,
+            received,
             tx,
         };
-        tokio::spawn(run.run(slot));
+        let span = tracing::info_span!(
+            parent: parent,
+            "python.run",
+            conversation_id = %conversation_id,
+            exec_id = %run.exec_id,
+            cell = slot.cells,
+            outcome = tracing::field::Empty,
+        );
+        tokio::spawn(run.run(slot).instrument(span));
         Ok(Box::pin(UnboundedReceiverStream::new(rx)))
-    }
-
-    async fn health(&self) -> HealthCheckResponse {
-        match self.inner.info.get() {
-            Some(info) => HealthCheckResponse {
-                healthy: true,
-                message: format!(
-                    "Python {} ({})",
-                    info.version.split_whitespace().next().unwrap_or(""),
-                    info.prefix
-                ),
-            },
-            None => HealthCheckResponse {
-                healthy: false,
-                message: "the Python worker is starting".into(),
-            },
-        }
     }
 }
 
@@ -410,6 +454,8 @@ struct Run {
     cancelled: CancellationToken,
     /// Which wire the call came on: it decides how a timeout or a crash ends the call.
     protocol: Protocol,
+    /// When the call reached the agent (for the time to first output).
+    received: tokio::time::Instant,
     tx: mpsc::UnboundedSender<Result<Vec<Message>, AgentError>>,
 }
 
@@ -448,8 +494,15 @@ impl Run {
             exec_id,
             protocol,
             cancelled,
+            received,
             tx,
         } = self;
+        let metrics = agent.inner.options.metrics.clone();
+        let mut first_output = None;
+        let mut send = |batch: Vec<Message>| {
+            first_output.get_or_insert_with(|| received.elapsed());
+            let _ = tx.send(Ok(batch));
+        };
         let started = Instant::now();
         let mut outcome = Outcome {
             cell: slot.cells,
@@ -485,7 +538,7 @@ impl Run {
                 () = sleep_until(flush_at) => {
                     let batch = collector.flush();
                     if !batch.is_empty() {
-                        let _ = tx.send(Ok(batch));
+                        send(batch);
                     }
                 }
                 () = tokio::time::sleep_until(deadline), if stop.is_none() => {
@@ -561,7 +614,7 @@ impl Run {
             // can be several times the output limit, past what a gRPC client accepts in one message (4 MiB by
             // default).
             for message in output::finish(&mut collector, &outcome, &exec_id) {
-                let _ = tx.send(Ok(vec![message]));
+                send(vec![message]);
             }
             // HarnessService reports what the agent (not the user's code) cut short as `end{FAILED}`.
             if protocol == Protocol::HarnessService
@@ -573,6 +626,40 @@ impl Run {
         // The stream ends (and `end` is sent) before any restart, so the result is not delayed by it.
         drop(tx);
         drop(running);
+        let cancelled_by_caller = matches!(stop, Some((Stop::Cancelled, _)));
+        let exec_outcome = if cancelled_by_caller {
+            ExecOutcome::Cancelled
+        } else if timed_out {
+            ExecOutcome::Timeout
+        } else if died.is_some() {
+            ExecOutcome::WorkerDied
+        } else if outcome.result.as_ref().is_some_and(|r| r.error.is_some()) {
+            ExecOutcome::Exception
+        } else {
+            ExecOutcome::Completed
+        };
+        tracing::Span::current().record("outcome", exec_outcome.as_str());
+        metrics.executed(protocol.service_name(), exec_outcome);
+        metrics.ran_for(outcome.duration.as_secs_f64());
+        if let Some(first) = first_output {
+            metrics.first_output(first.as_secs_f64());
+        }
+        if timed_out {
+            metrics.timed_out(killed);
+        }
+        if let Some(result) = &outcome.result {
+            if result.stdout_bytes > output_limit {
+                metrics.truncated("stdout");
+            }
+            if result.stderr_bytes > output_limit {
+                metrics.truncated("stderr");
+            }
+        }
+        if killed {
+            metrics.restarted(RestartCause::Killed);
+        } else if died.is_some() {
+            metrics.restarted(RestartCause::DiedRunning);
+        }
         if killed || died.is_some() {
             slot.worker = None;
             if let Err(error) = agent.ensure_worker(&mut slot).await {

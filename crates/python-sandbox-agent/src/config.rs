@@ -10,7 +10,7 @@ use std::{
 use axp_transport::{DEFAULT_PORT, ServerOptions};
 use serde::Deserialize;
 
-use crate::worker::WorkerOptions;
+use crate::{metrics::AgentMetrics, worker::WorkerOptions};
 
 /// How the agent runs code.
 #[derive(Debug, Clone)]
@@ -33,6 +33,8 @@ pub struct AgentOptions {
     pub interrupt_grace: Duration,
     /// How often complete lines of output are sent, at most.
     pub flush_interval: Duration,
+    /// Where executions, restarts, timeouts and truncations are counted.
+    pub metrics: AgentMetrics,
 }
 
 impl Default for AgentOptions {
@@ -52,6 +54,8 @@ impl Default for AgentOptions {
             interrupt_grace: Duration::from_millis(500),
             // A print loop gives ~40 frames a second instead of one per line.
             flush_interval: Duration::from_millis(25),
+            // Counted always (a few atomics); served only with --metrics-listen.
+            metrics: AgentMetrics::default(),
         }
     }
 }
@@ -243,7 +247,12 @@ pub struct Cli {
     /// Testing aid: wait this long before starting the Python worker (health stays NOT_SERVING meanwhile).
     #[arg(long, hide = true, default_value_t = 0)]
     pub startup_delay_ms: u64,
-    /// Log format.
+    /// Serve Prometheus metrics (OpenMetrics text at /metrics) on this address, e.g. 0.0.0.0:9464; off when
+    /// unset. With port 0 the chosen address is printed on stdout as `metrics on <addr>`, before the listening line.
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log format: `text` (colours only when stderr is a terminal) or `json` (one object per line, with the
+    /// execution's span fields: conversation_id, exec_id). Verbosity: RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }

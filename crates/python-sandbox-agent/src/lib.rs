@@ -6,6 +6,7 @@
 //!   conversation, timeouts, dispatch to the conversation's worker.
 //! - [`worker`] is the supervised Python worker process (this binary in `worker` mode): [`worker::protocol`] on the
 //!   pipe, [`worker::child`] in the worker, [`worker::supervisor`] in the agent.
+//! - [`metrics`] are the agent's Prometheus metrics (served on `--metrics-listen`).
 //! - [`prompt`] finds the code in an `AgentStart`; [`output`] turns output into AXP messages; [`config`] holds the
 //!   flags and per-execution `agent_config` / `harness_config` options.
 //! - [`init`] is what the agent binary does as PID 1 of its container (or a subreaper outside one): reaping
@@ -18,6 +19,7 @@ pub mod agent;
 pub mod config;
 pub mod init;
 pub mod local;
+pub mod metrics;
 pub mod output;
 pub mod prompt;
 pub mod worker;

@@ -37,6 +37,7 @@ pub enum Error {
 pub struct LocalAgent {
     child: Child,
     addr: SocketAddr,
+    metrics: Option<SocketAddr>,
 }
 
 impl LocalAgent {
@@ -73,21 +74,45 @@ impl LocalAgent {
         let stdout = child.stdout.take().expect("stdout is piped");
         let wait = Duration::from_secs(30);
         let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(wait, lines.next_line())
+        let mut metrics = None;
+        let started = async {
+            loop {
+                let line = lines
+                    .next_line()
+                    .await
+                    .ok()
+                    .flatten()
+                    .ok_or(Error::ExitedEarly)?;
+                // With --metrics-listen, `metrics on <addr>` comes first.
+                if metrics.is_none()
+                    && let Some(addr) = crate::metrics::parse_metrics_line(&line)
+                {
+                    metrics = Some(addr);
+                    continue;
+                }
+                return parse_listening_line(&line).ok_or(Error::BadLine(line));
+            }
+        };
+        let addr = tokio::time::timeout(wait, started)
             .await
-            .map_err(|_| Error::Timeout(wait))?
-            .ok()
-            .flatten()
-            .ok_or(Error::ExitedEarly)?;
-        let addr = parse_listening_line(&line).ok_or_else(|| Error::BadLine(line.clone()))?;
+            .map_err(|_| Error::Timeout(wait))??;
         // Keep draining stdout so the agent never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self { child, addr })
+        Ok(Self {
+            child,
+            addr,
+            metrics,
+        })
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where it serves metrics, when started with `--metrics-listen`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
     }
 
     /// `http://<addr>`, for gRPC clients.

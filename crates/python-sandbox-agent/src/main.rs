@@ -1,19 +1,30 @@
 //! `python-sandbox-agent`: serves AXP and runs Python in a supervised worker process. See `--help`.
 
-use std::{io::Write as _, process::ExitCode, time::Duration};
+use std::{
+    io::{IsTerminal as _, Write as _},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use axp_transport::{
     conventions::listening_line,
     server::{AgentServer, ServerOptions},
+    telemetry::OtlpExport,
 };
 use clap::Parser as _;
 use python_sandbox_agent::{
     PythonAgent,
     config::{Cli, Command, LogFormat},
     init::{self, Containment},
+    metrics::metrics_line,
     worker::child::{self, Limits},
 };
+use tracing_subscriber::{Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+
+/// The service name spans are exported under unless `OTEL_SERVICE_NAME` says otherwise.
+const SERVICE_NAME: &str = "python-sandbox-agent";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -28,20 +39,37 @@ fn main() -> ExitCode {
         let code = child::main(&limits, args.inherited_pipes);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
-    init_logging(cli.log_format);
-    // Before the runtime: its threads inherit the blocked SIGTERM/SIGINT.
-    let containment = init::setup();
+    // Before the runtime and the span exporter's thread: they inherit the blocked SIGTERM/SIGINT. Its warnings
+    // go to a logger of this thread alone; the process-wide one needs the runtime (for the exporter).
+    let containment = tracing::subscriber::with_default(logging(cli.log_format, None), init::setup);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            tracing::error!(%error, "could not start the async runtime");
+            eprintln!("python-sandbox-agent: could not start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(cli, containment)) {
+    let _runtime = runtime.enter();
+    let (export, export_error) = match OtlpExport::from_env(SERVICE_NAME) {
+        Ok(export) => (export, None),
+        Err(error) => (None, Some(error)),
+    };
+    // Only fails when a logger is installed already, which nothing here does.
+    let _ = logging(cli.log_format, export.as_ref()).try_init();
+    if let Some(error) = export_error {
+        tracing::warn!(
+            error = format!("{:#}", anyhow::Error::new(error)),
+            "spans are not exported"
+        );
+    }
+    let result = runtime.block_on(serve(cli, containment));
+    if let Some(export) = export {
+        export.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "python-sandbox-agent failed");
@@ -50,16 +78,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs on stderr, filtered by `RUST_LOG` (default `info`), coloured only on a terminal; plus span export
+/// when `export` is given (its own level filter, so `RUST_LOG=warn` does not empty the traces).
+fn logging(
+    format: LogFormat,
+    export: Option<&OtlpExport>,
+) -> impl tracing::Subscriber + Send + Sync {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(export.map(OtlpExport::layer))
+        .with(fmt.with_filter(filter))
 }
 
 async fn serve(cli: Cli, containment: Containment) -> anyhow::Result<()> {
@@ -91,6 +127,32 @@ async fn serve(cli: Cli, containment: Containment) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("could not read the bound address")?;
+
+    if let Some(metrics_addr) = cli.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .with_context(|| format!("could not serve metrics on {metrics_addr}"))?;
+        let bound = listener
+            .local_addr()
+            .context("could not read the metrics address")?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        options.metrics.register(&mut registry);
+        tokio::spawn(async move {
+            let served = axp_transport::metrics_http::serve(
+                listener,
+                Arc::new(registry),
+                std::future::pending(),
+            )
+            .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "the metrics endpoint stopped");
+            }
+        });
+        tracing::info!(addr = %bound, "serving metrics at /metrics");
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{}", metrics_line(bound));
+        let _ = stdout.flush();
+    }
 
     // Serve at once so probes get NOT_SERVING (not a hanging connect) while Python starts.
     let agent = PythonAgent::new(options);

@@ -1,10 +1,10 @@
 //! [`Claims`]: check a sandbox out for a conversation, renew it, give it back.
 
 use crate::api_version::{self, ApiVersion, VersionSelection};
-use crate::handle::{ConversationRef, SandboxHandle};
+use crate::handle::{AcquirePath, Acquired, ConversationRef, SandboxHandle};
 use crate::labels;
 use crate::naming;
-use crate::options::{ClaimOptions, Propagation};
+use crate::options::{AcquireOptions, ClaimOptions, Propagation};
 use crate::retry::retry;
 use crate::types::{ClaimResource, Lifecycle, ShutdownPolicy, v1alpha1, v1beta1};
 use crate::wait::{self, wait_deleted, wait_ready};
@@ -15,6 +15,7 @@ use kube::api::{
 use kube::{Client, ResourceExt};
 use std::sync::Arc;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 /// Errors of [`Claims`]; each variant names the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -268,15 +269,31 @@ impl Claims {
     /// A claim whose create response was lost (the retried create finds it existing) counts
     /// as adopted and is not deleted on failure; its `shutdownTime` bounds it. `pod_name` is
     /// the sandbox name (what current upstream controllers use), not read from the Sandbox.
-    #[tracing::instrument(skip(self), fields(namespace = %self.options.namespace, version = %self.version))]
     pub async fn acquire(&self, conversation_id: &str) -> Result<SandboxHandle, Error> {
+        self.acquire_with(conversation_id, &AcquireOptions::default())
+            .await
+            .map(|acquired| acquired.handle)
+    }
+
+    /// [`Claims::acquire`] with per-call options (annotations on a claim it creates), also
+    /// saying how the sandbox was got ([`AcquirePath`]: warm, cold or adopted) and how long
+    /// the claim took to become Ready.
+    ///
+    /// # Errors
+    /// As [`Claims::acquire`].
+    #[tracing::instrument(name = "acquire", skip(self, options), fields(namespace = %self.options.namespace, version = %self.version))]
+    pub async fn acquire_with(
+        &self,
+        conversation_id: &str,
+        options: &AcquireOptions,
+    ) -> Result<Acquired, Error> {
         match self.version {
             ApiVersion::V1beta1 => {
-                self.acquire_as::<v1beta1::SandboxClaim>(conversation_id)
+                self.acquire_as::<v1beta1::SandboxClaim>(conversation_id, options)
                     .await
             }
             ApiVersion::V1alpha1 => {
-                self.acquire_as::<v1alpha1::SandboxClaim>(conversation_id)
+                self.acquire_as::<v1alpha1::SandboxClaim>(conversation_id, options)
                     .await
             }
         }
@@ -413,7 +430,8 @@ impl Claims {
     async fn acquire_as<K: ClaimResource>(
         &self,
         conversation_id: &str,
-    ) -> Result<SandboxHandle, Error> {
+        options: &AcquireOptions,
+    ) -> Result<Acquired, Error> {
         let name = self.claim_name(conversation_id)?;
         let deadline = Instant::now() + self.options.ready_timeout;
         let api = self.api::<K>();
@@ -435,8 +453,21 @@ impl Claims {
                     cleanup: Cleanup::LeftAlone,
                 });
             }
-            let desired: K = self.build(&name, conversation_id);
-            let created = retry(policy, "create claim", || api.create(&pp, &desired)).await;
+            let mut desired: K = self.build(&name, conversation_id);
+            let annotations = desired
+                .meta_mut()
+                .annotations
+                .get_or_insert_with(Default::default);
+            for (key, value) in &options.annotations {
+                annotations
+                    .entry(key.clone())
+                    .or_insert_with(|| value.clone());
+            }
+            let create_span =
+                tracing::info_span!("create_claim", claim = %name, adopted = tracing::field::Empty);
+            let created = retry(policy, "create claim", || api.create(&pp, &desired))
+                .instrument(create_span.clone())
+                .await;
             let (observed, created) = match created {
                 Ok(claim) => {
                     tracing::info!(claim = %name, "created claim");
@@ -462,10 +493,17 @@ impl Claims {
                         continue;
                     }
                     tracing::info!(claim = %name, "adopting our existing claim");
-                    (self.renew_if_stale(&api, &name, &existing).await?, false)
+                    let renewed = self
+                        .renew_if_stale(&api, &name, &existing)
+                        .instrument(create_span.clone())
+                        .await?;
+                    (renewed, false)
                 }
                 Err(source) => return Err(Error::Create { name, source }),
             };
+            create_span.record("adopted", !created);
+            drop(create_span);
+            let wait_started = Instant::now();
             let ready = match wait_ready(
                 &api,
                 &observed,
@@ -473,6 +511,7 @@ impl Claims {
                 self.options.keep_waiting_on_not_found,
                 policy,
             )
+            .instrument(tracing::info_span!("wait_ready", claim = %name))
             .await
             {
                 Ok(ready) => ready,
@@ -488,7 +527,16 @@ impl Claims {
                 }
             };
             tracing::info!(claim = %name, sandbox = %ready.sandbox_name, ip = %ready.pod_ip, "sandbox ready");
-            return Ok(self.handle(&name, conversation_id, ready));
+            let path = if created {
+                AcquirePath::of_new_claim(&name, &ready.sandbox_name)
+            } else {
+                AcquirePath::Adopted
+            };
+            return Ok(Acquired {
+                handle: self.handle(&name, conversation_id, ready),
+                path,
+                ready_wait: wait_started.elapsed(),
+            });
         }
     }
 

@@ -2,6 +2,7 @@
 
 use crate::api_version::ApiVersion;
 use std::net::IpAddr;
+use std::time::Duration;
 
 /// A ready sandbox checked out for one conversation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +23,51 @@ pub struct SandboxHandle {
     pub api_version: ApiVersion,
     /// The conversation the sandbox belongs to.
     pub conversation_id: String,
+}
+
+/// What [`crate::Claims::acquire_with`] returns: the sandbox, and how it was got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Acquired {
+    /// Where the sandbox is.
+    pub handle: SandboxHandle,
+    /// Whether the claim was made now (warm or cold) or adopted.
+    pub path: AcquirePath,
+    /// How long the claim took to become Ready once created or adopted.
+    pub ready_wait: Duration,
+}
+
+/// How [`crate::Claims::acquire_with`] got its sandbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AcquirePath {
+    /// A new claim, bound to a pre-warmed Sandbox of the pool (named `<pool>-xxxxx`).
+    Warm,
+    /// A new claim, for which the controller created a Sandbox (named after the claim).
+    Cold,
+    /// Our existing claim for the conversation (made before a restart, say).
+    Adopted,
+}
+
+impl AcquirePath {
+    /// A short lower-case name (`warm`, `cold`, `adopt`), e.g. for a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warm => "warm",
+            Self::Cold => "cold",
+            Self::Adopted => "adopt",
+        }
+    }
+
+    /// The path of a claim this call created: cold when the controller named the sandbox
+    /// after the claim (as it does when no pool member was free), else warm.
+    pub(crate) fn of_new_claim(claim_name: &str, sandbox_name: &str) -> Self {
+        if claim_name == sandbox_name {
+            Self::Cold
+        } else {
+            Self::Warm
+        }
+    }
 }
 
 /// Picks the address to connect to: the first IPv4 (including IPv4-mapped IPv6), else the

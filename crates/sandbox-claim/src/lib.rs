@@ -42,7 +42,7 @@ pub mod testing;
 
 pub use api_version::{ApiVersion, VersionSelection};
 pub use claim::{Claims, Cleanup, Error};
-pub use handle::{ConversationRef, SandboxHandle};
-pub use options::{ClaimOptions, Propagation};
-pub use retry::RetryPolicy;
+pub use handle::{AcquirePath, Acquired, ConversationRef, SandboxHandle};
+pub use options::{AcquireOptions, ClaimOptions, Propagation};
+pub use retry::{ApiErrorKind, RetryObserver, RetryPolicy};
 pub use sweep::SweepReport;

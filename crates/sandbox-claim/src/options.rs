@@ -2,7 +2,26 @@
 
 use crate::api_version::VersionSelection;
 use crate::retry::RetryPolicy;
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// Per-call options of [`crate::Claims::acquire_with`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AcquireOptions {
+    /// Extra annotations on a claim this call creates (an adopted claim is not changed), e.g.
+    /// `opentelemetry.io/trace-context`. Our own annotations win over these.
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl AcquireOptions {
+    /// Adds one annotation for a claim this call creates.
+    #[must_use]
+    pub fn annotation(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.annotations.insert(key.into(), value.into());
+        self
+    }
+}
 
 /// How a released claim's dependents are deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

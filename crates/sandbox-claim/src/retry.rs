@@ -6,6 +6,8 @@
 //! own; this layer adds 500/502 and transport errors and bounds the total.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// How often and how patiently to retry.
@@ -19,7 +21,76 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// Upper bound of a server-requested `Retry-After`.
     pub max_retry_after: Duration,
+    /// Told of every retry (before its delay), e.g. to count retries by kind in a metric.
+    pub observer: Option<RetryObserver>,
 }
+
+/// What kind of transient API error caused a retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ApiErrorKind {
+    /// HTTP 429: the API server asked us to slow down.
+    Throttled,
+    /// HTTP 5xx.
+    ServerError,
+    /// The request did not get an answer (connection refused or reset, TLS, timeout).
+    Transport,
+}
+
+impl ApiErrorKind {
+    /// A short lower-case name (`throttled`, `server_error`, `transport`), e.g. for a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Throttled => "throttled",
+            Self::ServerError => "server_error",
+            Self::Transport => "transport",
+        }
+    }
+}
+
+/// One retry, as a [`RetryObserver`] is told of it.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryEvent {
+    /// The operation retried (`create claim`, `get claim`, `watch claim`, …).
+    pub operation: &'static str,
+    /// Attempts made so far (1 = the first one failed).
+    pub attempt: u32,
+    /// What kind of error it was.
+    pub kind: ApiErrorKind,
+    /// The delay before the next attempt.
+    pub delay: Duration,
+}
+
+/// A callback told of every retry. Cheap to clone; two observers are equal when they are
+/// the same callback.
+#[derive(Clone)]
+pub struct RetryObserver(Arc<dyn Fn(&RetryEvent) + Send + Sync>);
+
+impl RetryObserver {
+    /// An observer calling `on_retry`.
+    pub fn new(on_retry: impl Fn(&RetryEvent) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(on_retry))
+    }
+
+    /// Tells the observer of one retry.
+    pub fn notify(&self, event: &RetryEvent) {
+        (self.0)(event);
+    }
+}
+
+impl std::fmt::Debug for RetryObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RetryObserver")
+    }
+}
+
+impl PartialEq for RetryObserver {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for RetryObserver {}
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -30,6 +101,8 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             max_retry_after: Duration::from_secs(30),
+            // Nobody listens unless a caller (the backend's metrics) asks.
+            observer: None,
         }
     }
 }
@@ -52,6 +125,18 @@ impl RetryPolicy {
         self.initial_backoff
             .saturating_mul(factor)
             .min(self.max_backoff)
+    }
+}
+
+/// The kind of a transient error; `None` for errors that are not retried.
+pub fn transient_kind(err: &kube::Error) -> Option<ApiErrorKind> {
+    match err {
+        kube::Error::Api(status) if status.code == 429 => Some(ApiErrorKind::Throttled),
+        kube::Error::Api(status) if (500..600).contains(&status.code) => {
+            Some(ApiErrorKind::ServerError)
+        }
+        kube::Error::HyperError(_) | kube::Error::Service(_) => Some(ApiErrorKind::Transport),
+        _ => None,
     }
 }
 
@@ -96,6 +181,8 @@ where
         .with_factor(2.0)
         .with_max_times(policy.max_attempts.saturating_sub(1) as usize);
     let max_retry_after = policy.max_retry_after;
+    // Failed attempts so far, for the observer (backon counts them but does not say).
+    let attempts = AtomicU32::new(0);
     op.retry(backoff)
         .sleep(tokio::time::sleep)
         .when(|err| transient(err).is_some())
@@ -107,7 +194,16 @@ where
             })
         })
         .notify(|err, delay| {
-            tracing::debug!(what, ?delay, error = %err, "transient API error, retrying");
+            let attempt = attempts.fetch_add(1, Ordering::Relaxed) + 1;
+            if let (Some(observer), Some(kind)) = (&policy.observer, transient_kind(err)) {
+                observer.notify(&RetryEvent {
+                    operation: what,
+                    attempt,
+                    kind,
+                    delay,
+                });
+            }
+            tracing::debug!(what, attempt, ?delay, error = %err, "transient API error, retrying");
         })
         .await
         .inspect_err(|err| {
@@ -201,5 +297,41 @@ mod tests {
     fn a_transport_failure_is_transient() {
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert!(transient(&kube::Error::Service(Box::new(reset))).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_observer_is_told_of_each_retry_and_its_kind() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let p = RetryPolicy {
+            observer: Some(RetryObserver::new(move |event| {
+                record
+                    .lock()
+                    .unwrap()
+                    .push((event.operation, event.attempt, event.kind));
+            })),
+            ..RetryPolicy::default()
+        };
+        let mut calls = 0;
+        let r: Result<(), _> = retry(&p, "create claim", || {
+            calls += 1;
+            let code = if calls == 1 { 429 } else { 503 };
+            async move {
+                if code == 503 && calls > 2 {
+                    Ok(())
+                } else {
+                    Err(api(code))
+                }
+            }
+        })
+        .await;
+        assert!(r.is_ok());
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                ("create claim", 1, ApiErrorKind::Throttled),
+                ("create claim", 2, ApiErrorKind::ServerError)
+            ]
+        );
     }
 }

@@ -1506,3 +1506,99 @@ async fn each_running_pod_is_a_pod_object_rewritten_on_replacement_and_deleted_o
     })
     .await;
 }
+
+#[tokio::test]
+async fn acquire_with_says_warm_cold_or_adopted_and_annotates_only_the_claim_it_creates() {
+    use sandbox_claim::{AcquireOptions, AcquirePath};
+    let cluster = cluster_with(FakeClusterOptions::default(), Some(1)).await;
+    let sandboxes = sandbox_api(&cluster);
+    eventually("a ready pool member", || async {
+        sandboxes
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len()
+            == 1
+    })
+    .await;
+    let claims = claims(&cluster, options()).await;
+    let traced = AcquireOptions::default().annotation(
+        "opentelemetry.io/trace-context",
+        r#"{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#,
+    );
+    let warm = claims.acquire_with("first", &traced).await.unwrap();
+    assert_eq!(warm.path, AcquirePath::Warm);
+    let claim = claim_api(&cluster)
+        .get(&warm.handle.claim_name)
+        .await
+        .unwrap();
+    assert!(
+        claim.annotations()["opentelemetry.io/trace-context"].contains("4bf92f3577b34da6"),
+        "{:?}",
+        claim.annotations()
+    );
+    // Our own annotations cannot be overridden by the caller's.
+    let forged = AcquireOptions::default().annotation(labels::CONVERSATION_ID, "someone-else");
+    let again = claims.acquire_with("first", &forged).await.unwrap();
+    assert_eq!(again.path, AcquirePath::Adopted);
+    assert_eq!(again.handle, warm.handle);
+    let claim = claim_api(&cluster)
+        .get(&warm.handle.claim_name)
+        .await
+        .unwrap();
+    assert_eq!(claim.annotations()[labels::CONVERSATION_ID], "first");
+
+    // The pool is empty until it refills: the next claim may be cold or warm, but a cold one
+    // is named after its claim.
+    let next = claims.acquire_with("second", &forged).await.unwrap();
+    assert_eq!(
+        next.path == AcquirePath::Cold,
+        next.handle.sandbox_name == next.handle.claim_name
+    );
+    let claim = claim_api(&cluster)
+        .get(&next.handle.claim_name)
+        .await
+        .unwrap();
+    assert_eq!(claim.annotations()[labels::CONVERSATION_ID], "second");
+}
+
+#[tokio::test]
+async fn the_retry_observer_is_told_of_each_transient_error_by_kind() {
+    use sandbox_claim::{ApiErrorKind, RetryObserver};
+    let cluster = cold_cluster().await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let opts = options().retry(RetryPolicy {
+        initial_backoff: Duration::from_millis(10),
+        observer: Some(RetryObserver::new(move |event| {
+            record.lock().unwrap().push((event.operation, event.kind));
+        })),
+        ..RetryPolicy::default()
+    });
+    let claims = claims(&cluster, opts).await;
+    cluster.server().inject(
+        Fault::status(500, "InternalError")
+            .verb(Verb::Create)
+            .resource("sandboxclaims")
+            .times(2),
+    );
+    // (kube's client retries a 429 itself; what reaches this layer is counted.)
+    cluster.server().inject(
+        Fault::reset_connection()
+            .verb(Verb::Delete)
+            .resource("sandboxclaims")
+            .times(1),
+    );
+    claims.acquire("flaky").await.expect("retried");
+    claims.release("flaky").await.expect("retried");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            ("create claim", ApiErrorKind::ServerError),
+            ("create claim", ApiErrorKind::ServerError),
+            ("delete claim", ApiErrorKind::Transport),
+        ]
+    );
+}

@@ -131,9 +131,11 @@ impl Connection {
         }
     }
 
-    /// A request carrying the bearer token and the extra metadata.
+    /// A request carrying the bearer token, the extra metadata and the current span's
+    /// trace context.
     pub(super) fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
+        crate::trace_context::inject(&tracing::Span::current(), request.metadata_mut());
         if let Some(bearer) = &self.bearer {
             request
                 .metadata_mut()

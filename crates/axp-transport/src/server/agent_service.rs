@@ -46,7 +46,13 @@ impl<A: Agent> AgentService for AxpService<A> {
             Status::invalid_argument("AgentRequest.start is missing: send exactly one AgentStart")
         })?;
 
-        let span = tracing::info_span!("axp.connect", %conversation_id, %exec_id);
+        let span = tracing::info_span!(
+            "axp.connect",
+            otel.kind = "server",
+            %conversation_id,
+            %exec_id,
+        );
+        crate::trace_context::continue_trace(&span, &metadata);
         let cancelled = self.shared.executions.child_token();
         let execution = Execution {
             protocol: Protocol::AgentService,

@@ -138,10 +138,12 @@ impl<A: Agent> Call<A> {
             let exec_id = new_exec_id();
             let span = tracing::info_span!(
                 "harness.connect",
+                otel.kind = "server",
                 conversation_id = %reply.conversation_id,
                 %harness_id,
                 %exec_id,
             );
+            crate::trace_context::continue_trace(&span, &metadata);
             let cancelled = shared.executions.child_token();
             // Dropping this stream (client cancel, connection loss) cancels the execution.
             let _cancel_on_drop = cancelled.clone().drop_guard();

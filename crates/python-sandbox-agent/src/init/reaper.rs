@@ -52,6 +52,11 @@ impl LiveWorkers {
     pub fn remove(&mut self, pid: i32) {
         self.pids.remove(&pid);
     }
+
+    /// The registered workers (for the memory metric).
+    pub fn pids(&self) -> impl Iterator<Item = i32> + '_ {
+        self.pids.iter().copied()
+    }
 }
 
 /// The registry, locked. Hold it across spawning a worker and registering it.
