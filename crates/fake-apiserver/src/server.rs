@@ -23,6 +23,7 @@ use tracing::Instrument as _;
 use crate::crd::Registry;
 use crate::discovery;
 use crate::fault::{FaultAction, Faults, RequestFacts};
+use crate::observe::Observer;
 use crate::options::FakeApiServerOptions;
 use crate::portforward;
 use crate::requests::{RequestLog, Verb};
@@ -53,6 +54,7 @@ pub(crate) struct Shared {
     pub(crate) addr: SocketAddr,
     pub(crate) state: Mutex<State>,
     pub(crate) shutdown: signal::Receiver<bool>,
+    pub(crate) observer: Arc<Observer>,
 }
 
 impl Shared {
@@ -252,7 +254,9 @@ async fn handle(
 ) -> Result<Response<Body>, ResetConnection> {
     let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path());
     async move {
+        let begun = std::time::Instant::now();
         let response = dispatch(&shared, req).await;
+        shared.observer.record_latency(begun.elapsed());
         if let Ok(r) = &response {
             tracing::debug!(status = r.status().as_u16(), "answered");
         }
@@ -505,6 +509,7 @@ impl Ctx<'_> {
                     req,
                     self.shared.options.bookmark_interval,
                     self.shared.shutdown.clone(),
+                    self.shared.observer.watch_opened(&t.resource.plural),
                 )?;
                 Ok(Answer::Watch(rx))
             }
