@@ -375,8 +375,9 @@ async fn a_hundred_conversations_under_api_faults_leak_nothing() {
         requests.count(Verb::Delete, "sandboxclaims") >= 110,
         "{requests:?}"
     );
+    // The backend's one shared watch is re-opened after each of the 20 watch faults.
     assert!(
-        requests.count(Verb::Watch, "sandboxclaims") >= 100,
+        requests.count(Verb::Watch, "sandboxclaims") >= 20,
         "{requests:?}"
     );
     pipeline

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -11,6 +12,7 @@ use tokio::task::JoinHandle;
 use crate::crd::{self, Registry, Resource};
 use crate::fault::{Fault, FaultCounts, FaultId, Faults};
 use crate::kubeconfig;
+use crate::observe::{WatchCount, Write};
 use crate::options::FakeApiServerOptions;
 use crate::requests::RequestLog;
 use crate::server::{self, Shared, State};
@@ -87,6 +89,7 @@ impl FakeApiServer {
             options,
             addr,
             shutdown: shutdown_rx.clone(),
+            observer: Default::default(),
         });
         let task = tokio::spawn(server::serve(listener, shared.clone(), shutdown_rx));
         tracing::debug!(%addr, "fake API server listening");
@@ -179,9 +182,29 @@ impl FakeApiServer {
         self.inner.shared.lock().requests.clone()
     }
 
-    /// Forgets all counted requests.
+    /// Forgets all counted requests, their latencies and the watch peaks.
     pub fn reset_requests(&self) {
         self.inner.shared.lock().requests = RequestLog::default();
+        self.inner.shared.observer.reset();
+    }
+
+    /// Watch connections of `resource` (a plural, `sandboxclaims`): open now, and the most
+    /// open at once.
+    pub fn watches(&self, resource: &str) -> WatchCount {
+        self.inner.shared.observer.watches(resource)
+    }
+
+    /// How long each request since the start (or [`FakeApiServer::reset_requests`]) took,
+    /// from its arrival to its response head (for a watch: until its stream began).
+    pub fn request_latencies(&self) -> Vec<Duration> {
+        self.inner.shared.observer.latencies()
+    }
+
+    /// Calls `hook` with every later write, at the moment it is committed (under the
+    /// store's lock, before any watcher or client sees it), e.g. to timestamp the write that
+    /// made a claim ready. The hook must be quick and must not call back into the server.
+    pub fn on_write(&self, hook: impl Fn(&Write<'_>) + Send + Sync + 'static) {
+        self.inner.shared.lock().store.on_write(Arc::new(hook));
     }
 
     /// Injects a fault; see [`Fault`].

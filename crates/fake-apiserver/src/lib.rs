@@ -22,7 +22,10 @@
 //!   (`v4.channel.k8s.io`, as `kube::Api::<Pod>::portforward` asks) tunnelled over TCP to the
 //!   pod's `status.podIP`, counted as `get` on `pods/portforward`;
 //! - discovery documents for `kube::discovery`;
-//! - request counting ([`RequestLog`]) and fault injection ([`Fault`]).
+//! - request counting ([`RequestLog`]) and fault injection ([`Fault`]);
+//! - open watches ([`FakeApiServer::watches`]), request latencies
+//!   ([`FakeApiServer::request_latencies`]) and timestamped writes
+//!   ([`FakeApiServer::on_write`]), for benches.
 //!
 //! ```no_run
 //! use fake_apiserver::FakeApiServer;
@@ -67,6 +70,7 @@ mod fault;
 mod field_validation;
 mod handle;
 mod kubeconfig;
+mod observe;
 mod openapi;
 mod openapi_pb;
 mod options;
@@ -84,6 +88,7 @@ mod watch;
 pub use crd::Error as CrdError;
 pub use fault::{Fault, FaultAction, FaultCounts, FaultId, FaultKind, FaultMatch, RandomFaults};
 pub use handle::{Error, FakeApiServer};
+pub use observe::{WatchCount, Write, WriteKind};
 pub use options::FakeApiServerOptions;
 pub use requests::{RequestLog, Verb};
 pub use schema::PatternError;

@@ -25,6 +25,7 @@ use crate::crd::Registry;
 use crate::discovery;
 use crate::fault::{FaultAction, Faults, RequestFacts};
 use crate::field_validation::{FieldValidation, Warnings};
+use crate::observe::Observer;
 use crate::options::FakeApiServerOptions;
 use crate::requests::{RequestLog, Verb};
 use crate::resource::{self, DeleteOptions, Deleted, PatchType, Target, WriteOptions};
@@ -55,6 +56,7 @@ pub(crate) struct Shared {
     pub(crate) addr: SocketAddr,
     pub(crate) state: Mutex<State>,
     pub(crate) shutdown: signal::Receiver<bool>,
+    pub(crate) observer: Arc<Observer>,
 }
 
 impl Shared {
@@ -268,7 +270,9 @@ async fn handle(
 ) -> Result<Response<Body>, ResetConnection> {
     let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path());
     async move {
+        let begun = std::time::Instant::now();
         let response = dispatch(&shared, req).await;
+        shared.observer.record_latency(begun.elapsed());
         if let Ok(r) = &response {
             tracing::debug!(status = r.status().as_u16(), "answered");
         }
@@ -636,6 +640,7 @@ impl Ctx<'_> {
                     req,
                     self.shared.options.bookmark_interval,
                     self.shared.shutdown.clone(),
+                    self.shared.observer.watch_opened(&t.resource.plural),
                 )?;
                 Ok(Answer::Watch(rx, self.tabulate(&t)))
             }

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+use crate::observe::{Write, WriteHook, WriteHooks, WriteKind};
+
 /// `(group, plural)`.
 pub(crate) type ResourceKey = (String, String);
 
@@ -52,6 +54,7 @@ pub(crate) struct Store {
     /// Every event with a resourceVersion above this is still in `history`.
     compacted_rv: u64,
     events: broadcast::Sender<Arc<Event>>,
+    hooks: WriteHooks,
 }
 
 pub(crate) fn object_key(object: &Value) -> ObjectKey {
@@ -82,7 +85,13 @@ impl Store {
             history_limit,
             compacted_rv: 0,
             events,
+            hooks: WriteHooks::default(),
         }
+    }
+
+    /// Calls `hook` with every later write, as it is committed.
+    pub(crate) fn on_write(&mut self, hook: WriteHook) {
+        self.hooks.add(hook);
     }
 
     pub(crate) fn current_rv(&self) -> u64 {
@@ -146,6 +155,17 @@ impl Store {
         self.rv += 1;
         object["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
         let key = object_key(&object);
+        self.hooks.call(&Write {
+            at: std::time::Instant::now(),
+            kind: match kind {
+                EventType::Added => WriteKind::Created,
+                EventType::Modified => WriteKind::Updated,
+                EventType::Deleted => WriteKind::Deleted,
+            },
+            group: &resource.0,
+            resource: &resource.1,
+            object: &object,
+        });
         let previous = match kind {
             EventType::Deleted => None,
             _ => self

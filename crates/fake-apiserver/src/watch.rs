@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::crd::Resource;
+use crate::observe::WatchGuard;
 use crate::selector::Selectors;
 use crate::status::ApiError;
 use crate::store::{Event, EventType, Store};
@@ -125,6 +126,7 @@ pub(crate) fn start(
     req: WatchRequest,
     bookmark_interval: Duration,
     mut shutdown: watch::Receiver<bool>,
+    open: WatchGuard,
 ) -> Result<mpsc::Receiver<Chunk>, ApiError> {
     let (tx, rx) = mpsc::channel::<Chunk>(16);
     let rv = req
@@ -167,6 +169,8 @@ pub(crate) fn start(
     let span =
         tracing::debug_span!("watch", resource = %req.resource.plural, namespace = ?req.namespace);
     let task = async move {
+        // Counted as open for as long as this task streams.
+        let _open = open;
         let mut sent = 0usize;
         let dropped = |sent: usize| req.drop_after.is_some_and(|n| sent >= n);
         let abort = || {

@@ -536,6 +536,11 @@ impl Run {
                     died @ Event::Died(_) => break Some(died),
                 },
                 () = sleep_until(flush_at) => {
+                    // What the worker already wrote (often the cell's end) joins this frame; output alone in
+                    // flight goes at once.
+                    if worker.has_queued_event() && collector.may_wait_for_queued() {
+                        continue;
+                    }
                     let batch = collector.flush();
                     if !batch.is_empty() {
                         send(batch);

@@ -247,6 +247,9 @@ pub struct Cli {
     /// Testing aid: wait this long before starting the Python worker (health stays NOT_SERVING meanwhile).
     #[arg(long, hide = true, default_value_t = 0)]
     pub startup_delay_ms: u64,
+    /// Testing aid: the output coalescing interval ([`AgentOptions::flush_interval`]), in milliseconds.
+    #[arg(long, hide = true, default_value_t = flag_defaults::agent().flush_interval.as_millis() as u64)]
+    pub flush_interval_ms: u64,
     /// Serve Prometheus metrics (OpenMetrics text at /metrics) on this address, e.g. 0.0.0.0:9464; off when
     /// unset. With port 0 the chosen address is printed on stdout as `metrics on <addr>`, before the listening line.
     #[arg(long, env = "METRICS_LISTEN")]
@@ -345,6 +348,7 @@ impl Cli {
             ),
             default_output_limit: self.output_limit_bytes,
             max_output_limit: self.max_output_limit_bytes.max(self.output_limit_bytes),
+            flush_interval: Duration::from_millis(self.flush_interval_ms),
             ..defaults
         }
     }

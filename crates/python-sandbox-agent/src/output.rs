@@ -81,17 +81,23 @@ impl StreamKind {
 
 /// Collects one execution's output and decides when to send it.
 ///
+/// Output that is alone in flight (nothing was sent in the last interval) is due at once; output that follows
+/// a recent frame waits for the end of the interval, so a print loop is coalesced into a few frames.
+///
 /// # Guarantees
 ///
 /// Memory stays below twice the limit per stream whatever the code prints; frames carry only complete lines
-/// until [`Collector::finish`], which sends the rest.
+/// until [`Collector::finish`], which sends the rest. No complete line waits longer than the interval, plus
+/// the time to read what the worker had already written.
 #[derive(Debug)]
 pub struct Collector {
     streams: [Stream; 2],
     limit: u64,
     interval: Duration,
-    /// Starts at creation, so a quick cell's output and result travel in one frame.
-    last_flush: Instant,
+    /// When the last frame was sent; `None` before the first.
+    last_flush: Option<Instant>,
+    /// When the oldest unsent complete line arrived.
+    pending_since: Option<Instant>,
 }
 
 impl Collector {
@@ -101,7 +107,8 @@ impl Collector {
             streams: Default::default(),
             limit,
             interval,
-            last_flush: Instant::now(),
+            last_flush: None,
+            pending_since: None,
         }
     }
 
@@ -115,6 +122,13 @@ impl Collector {
         stream
             .kept
             .extend_from_slice(&bytes[..bytes.len().min(room)]);
+        if self.pending_since.is_none() && self.pending() > 0 {
+            self.pending_since = Some(Instant::now());
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.streams.iter().map(Stream::pending_lines).sum()
     }
 
     /// Records the worker's own byte counts (they include bytes it dropped at the limit).
@@ -123,22 +137,34 @@ impl Collector {
         self.streams[1].total = self.streams[1].total.max(stderr);
     }
 
-    /// When complete lines should be sent: `None` if there are none, else now or the end of the interval.
+    /// When complete lines should be sent: `None` if there are none; now if they are alone in flight (no frame
+    /// in the last interval) or past [`FLUSH_BYTES`]; else the end of the interval that began with the last frame.
     pub fn flush_at(&self) -> Option<Instant> {
-        let pending: usize = self.streams.iter().map(Stream::pending_lines).sum();
+        let pending = self.pending();
         if pending == 0 {
             return None;
         }
-        if pending >= FLUSH_BYTES {
-            Some(Instant::now())
-        } else {
-            Some(self.last_flush + self.interval)
+        let now = Instant::now();
+        match self.last_flush {
+            Some(last) if pending < FLUSH_BYTES => Some((last + self.interval).max(now)),
+            _ => Some(now),
         }
+    }
+
+    /// Whether due lines may wait for more output the worker has already written (the caller knows): they
+    /// then travel in one frame with it (a quick cell's output and its result, say). Only while the oldest
+    /// line is younger than the interval and below [`FLUSH_BYTES`], so heavy output cannot hold a stream.
+    pub fn may_wait_for_queued(&self) -> bool {
+        self.pending() < FLUSH_BYTES
+            && self
+                .pending_since
+                .is_some_and(|since| since.elapsed() < self.interval)
     }
 
     /// Takes the complete lines as messages (one per stream that has any).
     pub fn flush(&mut self) -> Vec<Message> {
-        self.last_flush = Instant::now();
+        self.last_flush = Some(Instant::now());
+        self.pending_since = None;
         self.streams
             .iter_mut()
             .filter_map(Stream::take_lines)
@@ -387,14 +413,29 @@ mod tests {
     }
 
     #[test]
-    fn flushes_are_coalesced_to_the_interval() {
+    fn flushes_after_the_first_are_coalesced_to_the_interval() {
         let mut c = Collector::new(1 << 20, Duration::from_secs(10));
         assert!(c.flush_at().is_none());
         c.push(StreamKind::Stdout, b"1\n");
-        assert!(c.flush_at().unwrap() > Instant::now() + Duration::from_secs(5));
         c.flush();
+        c.push(StreamKind::Stdout, b"2\n");
+        assert!(c.flush_at().unwrap() > Instant::now() + Duration::from_secs(5));
         c.push(StreamKind::Stdout, &vec![b'x'; FLUSH_BYTES]);
         c.push(StreamKind::Stdout, b"\n");
         assert!(c.flush_at().unwrap() <= Instant::now());
+        assert!(!c.may_wait_for_queued(), "heavy output is never held");
+    }
+
+    #[test]
+    fn output_alone_in_flight_is_due_at_once_whatever_the_interval() {
+        let mut c = Collector::new(1 << 20, Duration::from_secs(3600));
+        c.push(StreamKind::Stdout, b"partial");
+        assert!(c.flush_at().is_none(), "a partial line waits for its end");
+        c.push(StreamKind::Stdout, b" line\n");
+        assert!(c.flush_at().unwrap() <= Instant::now());
+        assert!(
+            c.may_wait_for_queued(),
+            "a quick cell's output may wait for the result already queued behind it"
+        );
     }
 }

@@ -134,6 +134,52 @@ async fn output_streams_while_a_slow_snippet_runs() {
 }
 
 #[tokio::test]
+async fn output_alone_in_flight_reaches_the_client_before_the_snippet_goes_on() {
+    // An hour-long coalescing interval: only output that is never held can arrive while the snippet waits.
+    let agent = agent(&["--flush-interval-ms", "3600000"]).await;
+    let mut client = client(&agent).await;
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("release");
+    // The snippet blocks until the test has seen its first frame (or gives up after 8 s, which fails the test).
+    let code = format!(
+        "import os, time\nprint('first')\nfor _ in range(800):\n    if os.path.exists({release:?}): break\n    \
+         time.sleep(0.01)\nprint('released' if os.path.exists({release:?}) else 'gave up')",
+        release = release.to_str().unwrap()
+    );
+    let mut stream = client
+        .connect(request("c1", "e1", prompt(&code)))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    let texts: Vec<_> = match first.r#type {
+        Some(axp_transport::pb::agent_response::Type::Outputs(o)) => o
+            .messages
+            .iter()
+            .filter_map(|m| content::text_of(m).map(str::to_owned))
+            .collect(),
+        other => panic!("first frame is not outputs: {other:?}"),
+    };
+    assert_eq!(
+        texts,
+        ["first"],
+        "the first frame holds the first print alone"
+    );
+    std::fs::write(&release, b"").unwrap();
+    let mut rest = Vec::new();
+    while let Some(frame) = stream.next().await {
+        if let Some(axp_transport::pb::agent_response::Type::Outputs(o)) = frame.unwrap().r#type {
+            rest.extend(o.messages);
+        }
+    }
+    assert!(
+        content::planner_view(&rest).contains("released"),
+        "the snippet went on only after the client saw its first output: {}",
+        content::planner_view(&rest)
+    );
+}
+
+#[tokio::test]
 async fn a_print_loop_is_coalesced_and_joined_frames_rebuild_the_output() {
     let agent = agent(&[]).await;
     let mut client = client(&agent).await;

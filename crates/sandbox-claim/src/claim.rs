@@ -4,16 +4,18 @@ use crate::api_version::{self, ApiVersion, VersionSelection};
 use crate::handle::{AcquirePath, Acquired, ConversationRef, SandboxHandle};
 use crate::labels;
 use crate::naming;
-use crate::options::{AcquireOptions, ClaimOptions, Propagation};
+use crate::options::{AcquireOptions, ClaimOptions, Propagation, WatchMode};
 use crate::retry::retry;
+use crate::shared_watch::SharedWatch;
 use crate::types::{ClaimResource, Lifecycle, ShutdownPolicy, v1alpha1, v1beta1};
-use crate::wait::{self, wait_deleted, wait_ready};
+use crate::wait::{self, Source, wait_deleted, wait_ready};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{
     Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
 };
 use kube::{Client, ResourceExt};
-use std::sync::Arc;
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
@@ -164,6 +166,9 @@ pub struct Claims {
     client: Client,
     options: Arc<ClaimOptions>,
     version: ApiVersion,
+    /// The shared watch ([`WatchMode::Shared`]): a `SharedWatch` of the version's claim
+    /// type, made on the first wait and shared by all clones.
+    watch: Arc<OnceLock<Arc<dyn Any + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Claims {
@@ -204,6 +209,37 @@ impl Claims {
             client,
             options: Arc::new(options),
             version,
+            watch: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The shared watch for claims of type `K`, made on first use.
+    fn shared_watch<K: ClaimResource>(&self) -> Arc<SharedWatch<K>> {
+        let watch = self.watch.get_or_init(|| {
+            Arc::new(SharedWatch::<K>::new(
+                self.api(),
+                self.options.retry.clone(),
+            ))
+        });
+        match watch.clone().downcast::<SharedWatch<K>>() {
+            Ok(watch) => watch,
+            // A Claims speaks one version, so the type is always the one made first.
+            Err(_) => Arc::new(SharedWatch::new(self.api(), self.options.retry.clone())),
+        }
+    }
+
+    /// Runs `wait` with the [`Source`] that [`ClaimOptions::watch`] asks for.
+    async fn with_source<K: ClaimResource, T>(
+        &self,
+        api: &Api<K>,
+        wait: impl AsyncFnOnce(&Source<'_, K>) -> T,
+    ) -> T {
+        match self.options.watch {
+            WatchMode::PerClaim => wait(&Source::PerClaim(api)).await,
+            WatchMode::Shared => {
+                let shared = self.shared_watch::<K>();
+                wait(&Source::Shared(&shared)).await
+            }
         }
     }
 
@@ -242,8 +278,11 @@ impl Claims {
     ///   `shutdownPolicy: Delete`), so a crashed caller never leaks a sandbox for longer.
     /// - Only a claim that is ours (managed-by label) and of the same conversation
     ///   (annotation) is adopted; one that is being deleted is waited out, then recreated.
-    /// - Readiness is observed with one watch from the create response's resourceVersion,
-    ///   never by polling; requests do not grow with the time to readiness.
+    /// - Readiness is observed by watching from the create response's resourceVersion, never
+    ///   by polling; requests do not grow with the time to readiness. With
+    ///   [`WatchMode::Shared`] (the default) one watch serves every claim this `Claims` and
+    ///   its clones wait for, so open watches and requests per claim do not grow with the
+    ///   number of conversations waiting at once either.
     /// - No leak on failure: when this call created the claim and the wait then fails
     ///   (deadline, terminal reason, missing pool/template, a watch that cannot resume), the
     ///   claim is deleted with its uid as a precondition, so a claim that another party
@@ -484,12 +523,14 @@ impl Claims {
                     if existing.meta().deletion_timestamp.is_some() {
                         tracing::info!(claim = %name, "our claim is being deleted; waiting for it to go");
                         let rv = existing.resource_version().unwrap_or_default();
-                        wait_deleted(&api, &name, existing.uid(), rv, deadline, policy)
-                            .await
-                            .map_err(|source| Error::AwaitDeletion {
-                                name: name.clone(),
-                                source: Box::new(source),
-                            })?;
+                        self.with_source(&api, async |source| {
+                            wait_deleted(source, &name, existing.uid(), rv, deadline, policy).await
+                        })
+                        .await
+                        .map_err(|source| Error::AwaitDeletion {
+                            name: name.clone(),
+                            source: Box::new(source),
+                        })?;
                         continue;
                     }
                     tracing::info!(claim = %name, "adopting our existing claim");
@@ -504,16 +545,14 @@ impl Claims {
             create_span.record("adopted", !created);
             drop(create_span);
             let wait_started = Instant::now();
-            let ready = match wait_ready(
-                &api,
-                &observed,
-                deadline,
-                self.options.keep_waiting_on_not_found,
-                policy,
-            )
-            .instrument(tracing::info_span!("wait_ready", claim = %name))
-            .await
-            {
+            let keep_waiting = self.options.keep_waiting_on_not_found;
+            let waited = self
+                .with_source(&api, async |source| {
+                    wait_ready(source, &observed, deadline, keep_waiting, policy).await
+                })
+                .instrument(tracing::info_span!("wait_ready", claim = %name))
+                .await;
+            let ready = match waited {
                 Ok(ready) => ready,
                 Err(source) => {
                     let cleanup = self
@@ -648,19 +687,18 @@ impl Claims {
         if let Some(why) = Self::foreign_reason(&existing, conversation_id) {
             return Err(Error::Conflict { name, why });
         }
-        let ready = wait_ready(
-            &api,
-            &existing,
-            deadline,
-            self.options.keep_waiting_on_not_found,
-            &self.options.retry,
-        )
-        .await
-        .map_err(|source| Error::Wait {
-            name: name.clone(),
-            source: Box::new(source),
-            cleanup: Cleanup::LeftAlone,
-        })?;
+        let keep_waiting = self.options.keep_waiting_on_not_found;
+        let policy = &self.options.retry;
+        let ready = self
+            .with_source(&api, async |source| {
+                wait_ready(source, &existing, deadline, keep_waiting, policy).await
+            })
+            .await
+            .map_err(|source| Error::Wait {
+                name: name.clone(),
+                source: Box::new(source),
+                cleanup: Cleanup::LeftAlone,
+            })?;
         Ok(self.handle(&name, conversation_id, ready))
     }
 

@@ -17,7 +17,7 @@
 //!
 //! Modules: [`types`] (both API versions; `v1beta1` is the default), [`crds`] (the
 //! CustomResourceDefinitions generated from them), [`naming`], [`labels`], [`reason`],
-//! [`wait`], [`retry`], [`options`], [`handle`], [`api_version`].
+//! [`wait`] (with one shared watch per [`Claims`] by default, [`WatchMode`]), [`retry`], [`options`], [`handle`], [`api_version`].
 //!
 //! # Features
 //! - `testing`: a fake cluster ([`testing::FakeCluster`]: the in-process fake API server
@@ -33,6 +33,7 @@ pub mod naming;
 pub mod options;
 pub mod reason;
 pub mod retry;
+mod shared_watch;
 mod sweep;
 pub mod types;
 pub mod wait;
@@ -43,6 +44,6 @@ pub mod testing;
 pub use api_version::{ApiVersion, VersionSelection};
 pub use claim::{Claims, Cleanup, Error};
 pub use handle::{AcquirePath, Acquired, ConversationRef, SandboxHandle};
-pub use options::{AcquireOptions, ClaimOptions, Propagation};
+pub use options::{AcquireOptions, ClaimOptions, Propagation, WatchMode};
 pub use retry::{ApiErrorKind, RetryObserver, RetryPolicy};
 pub use sweep::SweepReport;

@@ -35,6 +35,20 @@ pub enum Propagation {
     Orphan,
 }
 
+/// How [`crate::Claims`] learns that a claim became ready (or went away).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WatchMode {
+    /// One watch on the namespace's claims of this crate, shared by every claim the
+    /// [`crate::Claims`] (and its clones) waits for: open watches and requests per claim stay
+    /// constant however many conversations wait at once.
+    #[default]
+    Shared,
+    /// One watch per waiting claim (`fieldSelector=metadata.name=…`): simpler, but a
+    /// thousand waiting conversations hold a thousand watch connections.
+    PerClaim,
+}
+
 /// Options of [`crate::Claims`]. Build with [`ClaimOptions::default`] plus the setters.
 #[derive(Clone, Debug)]
 pub struct ClaimOptions {
@@ -66,6 +80,8 @@ pub struct ClaimOptions {
     pub field_manager: String,
     /// Retries of transient API errors.
     pub retry: RetryPolicy,
+    /// How readiness is watched.
+    pub watch: WatchMode,
 }
 
 impl Default for ClaimOptions {
@@ -90,6 +106,8 @@ impl Default for ClaimOptions {
             api_version: VersionSelection::Auto,
             field_manager: "sandbox-claim".into(),
             retry: RetryPolicy::default(),
+            // One watch for every waiting claim: what scales to many conversations.
+            watch: WatchMode::Shared,
         }
     }
 }
@@ -176,6 +194,13 @@ impl ClaimOptions {
     #[must_use]
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Sets [`ClaimOptions::watch`].
+    #[must_use]
+    pub fn watch(mut self, mode: WatchMode) -> Self {
+        self.watch = mode;
         self
     }
 }

@@ -1,13 +1,17 @@
-//! Watching one claim until it is ready (or fails, or goes away).
+//! Waiting for one claim until it is ready (or fails, or goes away) — never polling.
 //!
-//! One `WATCH` with `fieldSelector=metadata.name=<claim>` starting at a known
-//! resourceVersion — never polling. A dropped stream is resumed from the last
-//! resourceVersion seen (bookmarks included); `410 Gone` is answered with one `LIST` of
-//! the same field selector, which gives the current object and a fresh resourceVersion.
+//! By default the [`Claims`](crate::Claims)' shared watch reports the claim's states
+//! ([`WatchMode::Shared`](crate::WatchMode::Shared)). With
+//! [`WatchMode::PerClaim`](crate::WatchMode::PerClaim), one `WATCH` with
+//! `fieldSelector=metadata.name=<claim>` starts at a known resourceVersion; a dropped stream
+//! is resumed from the last resourceVersion seen (bookmarks included); `410 Gone` is
+//! answered with one `LIST` of the same field selector, which gives the current object and a
+//! fresh resourceVersion.
 
 use crate::handle::preferred_ip;
 use crate::reason::{Missing, ReasonClass, classify};
 use crate::retry::{RetryPolicy, retry, transient};
+use crate::shared_watch::SharedWatch;
 use crate::types::ClaimResource;
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
@@ -207,6 +211,33 @@ pub(crate) enum Step<T> {
     Done(T),
 }
 
+/// Where a wait learns about its claim.
+pub(crate) enum Source<'a, K: ClaimResource> {
+    /// A watch of its own.
+    PerClaim(&'a Api<K>),
+    /// The shared watch of its [`Claims`](crate::Claims).
+    Shared(&'a SharedWatch<K>),
+}
+
+/// Feeds the states of claim `name` (our copy: `uid` at `resource_version`) to `f` from
+/// `source`, until `f` returns `Done` or an error (see [`watch_claim`]).
+async fn observe<K, T>(
+    source: &Source<'_, K>,
+    name: &str,
+    uid: Option<&str>,
+    resource_version: String,
+    policy: &RetryPolicy,
+    f: impl FnMut(Option<&K>) -> Result<Step<T>, Error>,
+) -> Result<T, Error>
+where
+    K: ClaimResource,
+{
+    match source {
+        Source::PerClaim(api) => watch_claim(api, name, resource_version, policy, f).await,
+        Source::Shared(shared) => shared.observe(name, uid, &resource_version, f).await,
+    }
+}
+
 /// Watches claim `name` from `resource_version`, feeding every observed state to `f`
 /// (`None` = the claim does not exist), until `f` returns `Done` or an error. No deadline:
 /// callers wrap it in `tokio::time::timeout_at`, which makes it cancel-safe by construction
@@ -345,7 +376,7 @@ where
 /// Returns the ready claim and where its sandbox is.
 #[tracing::instrument(skip_all, fields(claim = initial.meta().name.as_deref().unwrap_or_default()))]
 pub(crate) async fn wait_ready<K: ClaimResource>(
-    api: &Api<K>,
+    source: &Source<'_, K>,
     initial: &K,
     deadline: Instant,
     keep_waiting_on_not_found: bool,
@@ -360,15 +391,22 @@ pub(crate) async fn wait_ready<K: ClaimResource>(
     let rv = initial.meta().resource_version.clone().unwrap_or_default();
     let watched = tokio::time::timeout_at(
         deadline,
-        watch_claim(api, &name, rv, policy, |obj| match obj {
-            None => Err(Error::Deleted {
-                claim: name.clone(),
-            }),
-            Some(obj) => Ok(match evaluate(obj, keep_waiting_on_not_found, &mut last)? {
-                Verdict::Ready(r) => Step::Done(r),
-                Verdict::Pending => Step::Continue,
-            }),
-        }),
+        observe(
+            source,
+            &name,
+            initial.meta().uid.as_deref(),
+            rv,
+            policy,
+            |obj| match obj {
+                None => Err(Error::Deleted {
+                    claim: name.clone(),
+                }),
+                Some(obj) => Ok(match evaluate(obj, keep_waiting_on_not_found, &mut last)? {
+                    Verdict::Ready(r) => Step::Done(r),
+                    Verdict::Pending => Step::Continue,
+                }),
+            },
+        ),
     )
     .await;
     match watched {
@@ -386,7 +424,7 @@ pub(crate) async fn wait_ready<K: ClaimResource>(
 /// Waits until the claim with `uid` no longer exists (deleted, or replaced by a new object
 /// of the same name), watching from `resource_version`.
 pub(crate) async fn wait_deleted<K: ClaimResource>(
-    api: &Api<K>,
+    source: &Source<'_, K>,
     name: &str,
     uid: Option<String>,
     resource_version: String,
@@ -396,13 +434,20 @@ pub(crate) async fn wait_deleted<K: ClaimResource>(
     let started = Instant::now();
     let watched = tokio::time::timeout_at(
         deadline,
-        watch_claim(api, name, resource_version, policy, |obj| {
-            Ok(match obj {
-                None => Step::Done(()),
-                Some(o) if o.meta().uid != uid => Step::Done(()),
-                Some(_) => Step::Continue,
-            })
-        }),
+        observe(
+            source,
+            name,
+            uid.as_deref(),
+            resource_version,
+            policy,
+            |obj| {
+                Ok(match obj {
+                    None => Step::Done(()),
+                    Some(o) if o.meta().uid != uid => Step::Done(()),
+                    Some(_) => Step::Continue,
+                })
+            },
+        ),
     )
     .await;
     watched.unwrap_or_else(|_| {

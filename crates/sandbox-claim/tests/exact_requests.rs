@@ -3,7 +3,9 @@
 
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
-use sandbox_claim::{ClaimOptions, Claims, Propagation, VersionSelection, labels, naming};
+use sandbox_claim::{
+    ClaimOptions, Claims, Propagation, VersionSelection, WatchMode, labels, naming,
+};
 use serde_json::{Value, json};
 use std::pin::pin;
 use tower_test::mock;
@@ -34,7 +36,9 @@ async fn one_claim_is_one_create_one_watch_one_get_and_one_delete() {
             .namespace("agents")
             .source("pool")
             .api_version(VersionSelection::V1beta1)
-            .propagation(Propagation::Foreground),
+            .propagation(Propagation::Foreground)
+            // The watch of this claim alone; the shared watch is counted in `fake_cluster`.
+            .watch(WatchMode::PerClaim),
     );
     let name = naming::claim_name("conv", "c-1").unwrap();
 

@@ -10,7 +10,8 @@ use sandbox_claim::testing::{
 use sandbox_claim::types::v1beta1;
 use sandbox_claim::wait::Error as WaitError;
 use sandbox_claim::{
-    ApiVersion, ClaimOptions, Claims, Cleanup, Error, RetryPolicy, VersionSelection, labels, naming,
+    ApiVersion, ClaimOptions, Claims, Cleanup, Error, RetryPolicy, VersionSelection, WatchMode,
+    labels, naming,
 };
 use std::time::Duration;
 
@@ -290,6 +291,56 @@ async fn the_wait_ends_when_ready_flips_and_not_before() {
         .unwrap()
         .unwrap();
     assert_eq!(h.sandbox_name, h.claim_name);
+}
+
+/// Open watch connections on `sandboxclaims` while `waiting` claims of one `Claims` wait
+/// at once, beyond those the controller holds; and the watch requests our client made.
+async fn watches_while_waiting(mode: WatchMode, waiting: usize) -> (usize, u64) {
+    let cluster = cluster_with(
+        FakeClusterOptions::default().ready_mode(ReadyMode::Manual),
+        Some(0),
+    )
+    .await;
+    let claims = claims(&cluster, options().watch(mode)).await;
+    let server = cluster.server();
+    let api = claim_api(&cluster);
+    eventually("the controller watches", || async {
+        server.watches("sandboxclaims").open > 0
+    })
+    .await;
+    let controller = server.watches("sandboxclaims").open;
+    let before = server.requests().count(Verb::Watch, "sandboxclaims");
+    let acquiring: Vec<_> = (0..waiting)
+        .map(|i| {
+            let claims = claims.clone();
+            tokio::spawn(async move { claims.acquire(&format!("waiting-{i}")).await })
+        })
+        .collect();
+    eventually("every claim exists", || async {
+        api.list(&Default::default()).await.unwrap().items.len() == waiting
+    })
+    .await;
+    // Every acquire has its claim; give the last ones time to start waiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let open = server.watches("sandboxclaims").open - controller;
+    let requested = server.requests().count(Verb::Watch, "sandboxclaims") - before;
+    cluster.controller().make_ready(waiting);
+    for acquire in acquiring {
+        acquire.await.unwrap().expect("ready");
+    }
+    (open, requested)
+}
+
+#[tokio::test]
+async fn waiting_claims_share_one_watch_however_many_there_are() {
+    // The controller's own watches are not counted.
+    for waiting in [1, 40] {
+        let (open, requested) = watches_while_waiting(WatchMode::Shared, waiting).await;
+        assert_eq!(open, 1, "{waiting} waiting claims hold one watch");
+        assert_eq!(requested, 1, "{waiting} waiting claims: one watch request");
+    }
+    let (open, _) = watches_while_waiting(WatchMode::PerClaim, 40).await;
+    assert_eq!(open, 40, "one watch per claim in the old mode");
 }
 
 #[tokio::test]
@@ -908,6 +959,9 @@ async fn requests_do_not_grow_with_time_to_ready() {
         )
         .await;
         let claims = claims(&cluster, options()).await;
+        // The shared watch opens with the first wait (one list, one watch); count the next claim.
+        let first = claims.acquire("first").await.unwrap();
+        claims.release(&first).await.unwrap();
         // Let the controller's watches settle before counting.
         tokio::time::sleep(Duration::from_millis(200)).await;
         cluster.server().reset_requests();
@@ -915,9 +969,9 @@ async fn requests_do_not_grow_with_time_to_ready() {
         claims.release(&h).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let log = cluster.server().requests();
-        // Our client: 1 create + 1 watch + 1 get + 1 delete.
+        // Our client: 1 create + 1 get + 1 delete; readiness came through the shared watch.
         assert_eq!(log.count(Verb::Create, "sandboxclaims"), 1);
-        assert_eq!(log.count(Verb::Watch, "sandboxclaims"), 1, "{log:?}");
+        assert_eq!(log.count(Verb::Watch, "sandboxclaims"), 0, "{log:?}");
         assert_eq!(log.count(Verb::List, "sandboxclaims"), 0, "{log:?}");
         assert_eq!(log.count(Verb::Delete, "sandboxclaims"), 1);
         log.total()

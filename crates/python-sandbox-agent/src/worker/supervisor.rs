@@ -301,6 +301,11 @@ impl Worker {
         self.stdin.write_all(&frame).await.map_err(Error::Send)
     }
 
+    /// Whether an event is already waiting to be read (so [`Worker::next_event`] would not wait for the worker).
+    pub fn has_queued_event(&self) -> bool {
+        !self.recovered.is_empty() || !self.frames.is_empty()
+    }
+
     /// The next event. Cancel-safe.
     ///
     /// The worker's death is noticed when its process exits, even if a process it forked still holds its pipes:
