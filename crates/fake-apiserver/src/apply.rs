@@ -199,7 +199,10 @@ fn value_at<'a>(object: &'a Value, path: &[Step], schema: Option<&Value>) -> Opt
                 .find(|i| item_key(i, &keys) == *k)?;
             value_at(item, rest, schema.and_then(|s| s.get("items")))
         }
-        Step::Value(v) => object.as_array()?.iter().find(|i| i.to_string() == *v),
+        Step::Value(v) => {
+            let wanted: Value = serde_json::from_str(v).ok()?;
+            object.as_array()?.iter().find(|i| **i == wanted)
+        }
     }
 }
 
@@ -230,8 +233,10 @@ fn remove_at(object: &mut Value, path: &[Step], schema: Option<&Value>) {
             }
         }
         Step::Value(v) => {
-            if let Some(items) = object.as_array_mut() {
-                items.retain(|i| i.to_string() != *v);
+            if let (Some(items), Ok(wanted)) =
+                (object.as_array_mut(), serde_json::from_str::<Value>(v))
+            {
+                items.retain(|i| *i != wanted);
             }
         }
     }
@@ -303,10 +308,8 @@ fn from_fields_v1(value: &Value, path: &mut Path, out: &mut FieldSet) {
         return;
     };
     let children: Vec<_> = map.iter().filter(|(k, _)| *k != ".").collect();
-    if children.is_empty() || map.contains_key(".") {
-        if !path.is_empty() {
-            out.insert(path.clone());
-        }
+    if (children.is_empty() || map.contains_key(".")) && !path.is_empty() {
+        out.insert(path.clone());
     }
     for (key, child) in children {
         if let Some(step) = Step::decode(key) {
@@ -470,6 +473,7 @@ mod tests {
                 "replicas": {"type": "integer"},
                 "image": {"type": "string"},
                 "args": {"type": "array", "items": {"type": "string"}},
+                "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
                 "ports": {"type": "array", "x-kubernetes-list-type": "map",
                     "x-kubernetes-list-map-keys": ["name"],
                     "items": {"type": "object", "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}}}
@@ -520,6 +524,15 @@ mod tests {
             again["spec"]["ports"],
             json!([{"name": "grpc", "port": 9090}])
         );
+    }
+
+    #[test]
+    fn set_items_are_united_and_each_belongs_to_its_applier() {
+        let mine = run(None, json!({"spec": {"tags": ["a"]}}), &by("me"));
+        let both = run(Some(&mine), json!({"spec": {"tags": ["b"]}}), &by("you"));
+        assert_eq!(both["spec"]["tags"], json!(["a", "b"]));
+        let again = run(Some(&both), json!({"spec": {"tags": []}}), &by("me"));
+        assert_eq!(again["spec"]["tags"], json!(["b"]));
     }
 
     #[test]
