@@ -142,11 +142,11 @@ pub fn succeeded(what: &str, output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// `true` when `program --flag` runs; a missing program fails under `CI` and is reported in one
-/// line otherwise.
-pub fn present(program: &Path, version_flag: &str, what: &str) -> bool {
+/// `true` when `program args…` (a version query that needs no server) succeeds; a missing
+/// program fails under `CI` and is reported in one line otherwise.
+pub fn present(program: &Path, args: &[&str], what: &str) -> bool {
     let found = Command::new(program)
-        .arg(version_flag)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()

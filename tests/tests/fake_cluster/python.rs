@@ -23,7 +23,7 @@ fn python() -> Option<PathBuf> {
     let python = interpreter();
     let has_packages = present(
         &python,
-        "--version",
+        &["--version"],
         "the Python interpreter of the clients",
     ) && std::process::Command::new(&python)
         .args(["-c", "import k8s_agent_sandbox, kubernetes"])
