@@ -10,8 +10,9 @@
 //! What it serves:
 //!
 //! - `/apis/{group}/{version}[/namespaces/{ns}]/{plural}[/{name}[/status]]` with get, list,
-//!   watch, create, update, patch (merge, JSON, strategic-as-merge), server-side apply (field
-//!   managers in `managedFields`, conflicts), delete and deletecollection;
+//!   watch, create, update, patch (merge, JSON; strategic merge only on the core kinds, as
+//!   upstream), server-side apply (field managers in `managedFields`, conflicts), delete and
+//!   deletecollection;
 //! - object lifecycle (uid, one global resourceVersion, generation, status subresource,
 //!   optimistic concurrency, finalizers, owner-reference cascade);
 //! - label and field selectors; watches with history, bookmarks, timeouts and 410 Expired;

@@ -651,7 +651,11 @@ impl Ctx<'_> {
             Verb::Patch => {
                 let ct = self.content_type.split(';').next().unwrap_or("").trim();
                 let patch_type = match ct {
-                    "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    "application/merge-patch+json" => PatchType::Merge,
+                    // Built-in kinds take strategic merge patches (here: as merge patches, which
+                    // is the same for the fields pods and namespaces have); custom resources
+                    // refuse them, as upstream (`kubectl patch` without `--type` gets a 415).
+                    "application/strategic-merge-patch+json" if t.resource.group.is_empty() => {
                         PatchType::Merge
                     }
                     "application/json-patch+json" => PatchType::Json,

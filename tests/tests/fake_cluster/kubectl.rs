@@ -230,6 +230,23 @@ fn kubectl_patch_label_and_delete_change_and_remove_a_claim() {
         selected.trim(),
         "sandboxclaim.extensions.agents.x-k8s.io/c1"
     );
+    // Without `--type`, kubectl sends a strategic merge patch, which custom resources refuse.
+    let strategic = kubectl(
+        &cluster,
+        &[
+            "patch",
+            "sandboxclaim",
+            "c1",
+            "-p",
+            r#"{"metadata":{"labels":{"x":"y"}}}"#,
+        ],
+    );
+    assert!(!strategic.status.success());
+    let stderr = String::from_utf8_lossy(&strategic.stderr);
+    assert!(
+        stderr.contains("application/strategic-merge-patch+json is not supported by extensions.agents.x-k8s.io/v1beta1, Kind=SandboxClaim"),
+        "{stderr}"
+    );
     let note = kubectl_ok(
         &cluster,
         &[
