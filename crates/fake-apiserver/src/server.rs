@@ -525,8 +525,11 @@ impl Ctx<'_> {
             Route::Resources(g, v) => {
                 discovery::resources(&state.crds, g, v).map_or_else(|| Err(not_found()), ok)
             }
+            // The OpenAPI documents hold every schema: built from a snapshot, unlocked.
             Route::OpenApiV2 => {
-                let doc = openapi::v2(&state.crds);
+                let crds = state.crds.clone();
+                drop(state);
+                let doc = openapi::v2(&crds);
                 if self.accept.contains(openapi_pb::ACCEPTED) {
                     Ok(Answer::Bytes(
                         openapi_pb::CONTENT_TYPE,
@@ -536,9 +539,15 @@ impl Ctx<'_> {
                     ok(doc)
                 }
             }
-            Route::OpenApiV3 => ok(openapi::v3_index(&state.crds)),
+            Route::OpenApiV3 => {
+                let crds = state.crds.clone();
+                drop(state);
+                ok(openapi::v3_index(&crds))
+            }
             Route::OpenApiV3Doc(g, v) => {
-                openapi::v3_group_version(&state.crds, g, v).map_or_else(|| Err(not_found()), ok)
+                let crds = state.crds.clone();
+                drop(state);
+                openapi::v3_group_version(&crds, g, v).map_or_else(|| Err(not_found()), ok)
             }
             Route::Unknown => Err(not_found()),
             Route::Object {
