@@ -66,10 +66,16 @@ impl Step {
         }
     }
 
+    /// As upstream prints paths in conflicts: `.spec.ports[name="http"]`, `.spec.tags[="a"]`.
     fn display(&self) -> String {
         match self {
             Self::Field(f) => format!(".{f}"),
-            Self::Key(k) | Self::Value(k) => format!("[{k}]"),
+            Self::Key(k) => {
+                let keys: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
+                let pairs: Vec<String> = keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("[{}]", pairs.join(","))
+            }
+            Self::Value(v) => format!("[={v}]"),
         }
     }
 }
@@ -373,6 +379,8 @@ pub(crate) fn apply(
         let contested: Vec<Path> = owned
             .iter()
             .filter(|o| applied.iter().any(|p| overlaps(o, p)))
+            // Owning a list-map item (`.`) is membership; only its fields can conflict.
+            .filter(|o| !matches!(o.last(), Some(Step::Key(_))))
             .filter(|o| {
                 let theirs = current.and_then(|c| value_at(c, o, schema));
                 let ours = value_at(config, o, schema);
@@ -579,6 +587,31 @@ mod tests {
             managers,
             ["me"],
             "the forced field left `them` with nothing"
+        );
+    }
+
+    #[test]
+    fn a_conflict_on_a_list_map_item_names_it_by_its_key() {
+        let theirs = run(
+            None,
+            json!({"spec": {"ports": [{"name": "http", "port": 80}]}}),
+            &by("them"),
+        );
+        let err = apply(
+            Some(&theirs),
+            &json!({"spec": {"ports": [{"name": "http", "port": 8080}]}}),
+            &by("me"),
+            Some(&schema()),
+            "g/v1",
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ApplyError::Conflicts(vec![(
+                r#".spec.ports[name="http"].port"#.into(),
+                "them".into()
+            )])
         );
     }
 
