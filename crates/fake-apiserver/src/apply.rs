@@ -21,6 +21,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
+use crate::status::{ApiError, Cause};
+
 /// Who applies, and whether they take fields from other appliers.
 #[derive(Debug, Clone)]
 pub(crate) struct Applier {
@@ -37,6 +39,42 @@ pub(crate) enum ApplyError {
     NoManager,
     /// Fields owned by other appliers would change: `(field path, manager)`.
     Conflicts(Vec<(String, String)>),
+}
+
+impl ApplyError {
+    /// The `Status` upstream answers with: 400 without a manager, 409 `Conflict` naming each
+    /// contested field and its manager (also as `FieldManagerConflict` causes).
+    pub(crate) fn into_status(self, group: &str, plural: &str, name: &str) -> ApiError {
+        match self {
+            Self::NoManager => ApiError::bad_request(
+                "PATCH with application/apply-patch+yaml requires the fieldManager parameter",
+            ),
+            Self::Conflicts(conflicts) => {
+                let listed: Vec<String> = conflicts
+                    .iter()
+                    .map(|(field, manager)| format!("conflict with \"{manager}\": {field}"))
+                    .collect();
+                let plural_s = if conflicts.len() == 1 { "" } else { "s" };
+                let why = format!(
+                    "Apply failed with {} conflict{plural_s}: {}",
+                    conflicts.len(),
+                    listed.join(", ")
+                );
+                let mut err = ApiError::conflict(group, plural, name, &why);
+                err.causes = conflicts
+                    .into_iter()
+                    .map(|(field, manager)| {
+                        Cause::new(
+                            "FieldManagerConflict",
+                            &field,
+                            format!("conflict with \"{manager}\""),
+                        )
+                    })
+                    .collect();
+                err
+            }
+        }
+    }
 }
 
 /// One step of a field path, as FieldsV1 writes it (`f:name`, `k:{"name":"a"}`, `v:"x"`).

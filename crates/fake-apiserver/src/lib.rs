@@ -78,6 +78,7 @@ mod options;
 mod portforward;
 mod requests;
 mod resource;
+mod routes;
 mod schema;
 mod selector;
 mod server;
