@@ -14,7 +14,8 @@
 //! - [`agent_binary`] finds the agent binary that `cargo xtask test` (or the
 //!   demo) built.
 //!
-//! The tests in `tests/` and the `demo` binary both stand on this.
+//! The tests in `tests/`, the `demo` binary and the `fake-cluster` binary (the fake cluster
+//! as a server for kubectl and the SDKs, whose pods are these runtimes) stand on this.
 
 use std::{
     collections::HashMap,

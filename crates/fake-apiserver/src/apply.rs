@@ -21,6 +21,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
+use crate::status::{ApiError, Cause};
+
 /// Who applies, and whether they take fields from other appliers.
 #[derive(Debug, Clone)]
 pub(crate) struct Applier {
@@ -37,6 +39,42 @@ pub(crate) enum ApplyError {
     NoManager,
     /// Fields owned by other appliers would change: `(field path, manager)`.
     Conflicts(Vec<(String, String)>),
+}
+
+impl ApplyError {
+    /// The `Status` upstream answers with: 400 without a manager, 409 `Conflict` naming each
+    /// contested field and its manager (also as `FieldManagerConflict` causes).
+    pub(crate) fn into_status(self, group: &str, plural: &str, name: &str) -> ApiError {
+        match self {
+            Self::NoManager => ApiError::bad_request(
+                "PATCH with application/apply-patch+yaml requires the fieldManager parameter",
+            ),
+            Self::Conflicts(conflicts) => {
+                let listed: Vec<String> = conflicts
+                    .iter()
+                    .map(|(field, manager)| format!("conflict with \"{manager}\": {field}"))
+                    .collect();
+                let plural_s = if conflicts.len() == 1 { "" } else { "s" };
+                let why = format!(
+                    "Apply failed with {} conflict{plural_s}: {}",
+                    conflicts.len(),
+                    listed.join(", ")
+                );
+                let mut err = ApiError::conflict(group, plural, name, &why);
+                err.causes = conflicts
+                    .into_iter()
+                    .map(|(field, manager)| {
+                        Cause::new(
+                            "FieldManagerConflict",
+                            &field,
+                            format!("conflict with \"{manager}\""),
+                        )
+                    })
+                    .collect();
+                err
+            }
+        }
+    }
 }
 
 /// One step of a field path, as FieldsV1 writes it (`f:name`, `k:{"name":"a"}`, `v:"x"`).
@@ -66,10 +104,16 @@ impl Step {
         }
     }
 
+    /// As upstream prints paths in conflicts: `.spec.ports[name="http"]`, `.spec.tags[="a"]`.
     fn display(&self) -> String {
         match self {
             Self::Field(f) => format!(".{f}"),
-            Self::Key(k) | Self::Value(k) => format!("[{k}]"),
+            Self::Key(k) => {
+                let keys: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
+                let pairs: Vec<String> = keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("[{}]", pairs.join(","))
+            }
+            Self::Value(v) => format!("[={v}]"),
         }
     }
 }
@@ -199,7 +243,10 @@ fn value_at<'a>(object: &'a Value, path: &[Step], schema: Option<&Value>) -> Opt
                 .find(|i| item_key(i, &keys) == *k)?;
             value_at(item, rest, schema.and_then(|s| s.get("items")))
         }
-        Step::Value(v) => object.as_array()?.iter().find(|i| i.to_string() == *v),
+        Step::Value(v) => {
+            let wanted: Value = serde_json::from_str(v).ok()?;
+            object.as_array()?.iter().find(|i| **i == wanted)
+        }
     }
 }
 
@@ -230,8 +277,10 @@ fn remove_at(object: &mut Value, path: &[Step], schema: Option<&Value>) {
             }
         }
         Step::Value(v) => {
-            if let Some(items) = object.as_array_mut() {
-                items.retain(|i| i.to_string() != *v);
+            if let (Some(items), Ok(wanted)) =
+                (object.as_array_mut(), serde_json::from_str::<Value>(v))
+            {
+                items.retain(|i| *i != wanted);
             }
         }
     }
@@ -303,10 +352,8 @@ fn from_fields_v1(value: &Value, path: &mut Path, out: &mut FieldSet) {
         return;
     };
     let children: Vec<_> = map.iter().filter(|(k, _)| *k != ".").collect();
-    if children.is_empty() || map.contains_key(".") {
-        if !path.is_empty() {
-            out.insert(path.clone());
-        }
+    if (children.is_empty() || map.contains_key(".")) && !path.is_empty() {
+        out.insert(path.clone());
     }
     for (key, child) in children {
         if let Some(step) = Step::decode(key) {
@@ -370,6 +417,8 @@ pub(crate) fn apply(
         let contested: Vec<Path> = owned
             .iter()
             .filter(|o| applied.iter().any(|p| overlaps(o, p)))
+            // Owning a list-map item (`.`) is membership; only its fields can conflict.
+            .filter(|o| !matches!(o.last(), Some(Step::Key(_))))
             .filter(|o| {
                 let theirs = current.and_then(|c| value_at(c, o, schema));
                 let ours = value_at(config, o, schema);
@@ -470,6 +519,7 @@ mod tests {
                 "replicas": {"type": "integer"},
                 "image": {"type": "string"},
                 "args": {"type": "array", "items": {"type": "string"}},
+                "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
                 "ports": {"type": "array", "x-kubernetes-list-type": "map",
                     "x-kubernetes-list-map-keys": ["name"],
                     "items": {"type": "object", "properties": {"name": {"type": "string"}, "port": {"type": "integer"}}}}
@@ -523,6 +573,15 @@ mod tests {
     }
 
     #[test]
+    fn set_items_are_united_and_each_belongs_to_its_applier() {
+        let mine = run(None, json!({"spec": {"tags": ["a"]}}), &by("me"));
+        let both = run(Some(&mine), json!({"spec": {"tags": ["b"]}}), &by("you"));
+        assert_eq!(both["spec"]["tags"], json!(["a", "b"]));
+        let again = run(Some(&both), json!({"spec": {"tags": []}}), &by("me"));
+        assert_eq!(again["spec"]["tags"], json!(["b"]));
+    }
+
+    #[test]
     fn changing_a_field_another_applier_owns_conflicts_unless_forced() {
         let theirs = run(None, json!({"spec": {"replicas": 1}}), &by("them"));
         let err = apply(
@@ -566,6 +625,31 @@ mod tests {
             managers,
             ["me"],
             "the forced field left `them` with nothing"
+        );
+    }
+
+    #[test]
+    fn a_conflict_on_a_list_map_item_names_it_by_its_key() {
+        let theirs = run(
+            None,
+            json!({"spec": {"ports": [{"name": "http", "port": 80}]}}),
+            &by("them"),
+        );
+        let err = apply(
+            Some(&theirs),
+            &json!({"spec": {"ports": [{"name": "http", "port": 8080}]}}),
+            &by("me"),
+            Some(&schema()),
+            "g/v1",
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ApplyError::Conflicts(vec![(
+                r#".spec.ports[name="http"].port"#.into(),
+                "them".into()
+            )])
         );
     }
 

@@ -241,7 +241,9 @@ pub(crate) fn api_version(group: &str, version: &str) -> String {
 }
 
 /// Every installed resource, keyed by `(group, plural)`; the core group is `""`.
-#[derive(Debug, Default)]
+/// Cloning is cheap (the resources are shared), so documents are built from a snapshot
+/// without holding the server's lock.
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Registry {
     resources: BTreeMap<(String, String), Arc<Resource>>,
 }

@@ -4,7 +4,7 @@
 //! # Caveats
 //!
 //! Aggregated discovery (`Discovery::run_aggregated`) is not served. The core group lists only
-//! the built-in pods (with `pods/status` and `pods/portforward`), and `apiextensions.k8s.io`
+//! the built-in namespaces and pods (with `pods/status` and `pods/portforward`), and `apiextensions.k8s.io`
 //! itself is not served.
 
 use serde_json::{Value, json};

@@ -10,14 +10,19 @@
 //! What it serves:
 //!
 //! - `/apis/{group}/{version}[/namespaces/{ns}]/{plural}[/{name}[/status]]` with get, list,
-//!   watch, create, update, patch (merge, JSON, strategic-as-merge, apply), delete and
+//!   watch, create, update, patch (merge, JSON; strategic merge only on the core kinds, as
+//!   upstream), server-side apply (field managers in `managedFields`, conflicts), delete and
 //!   deletecollection;
 //! - object lifecycle (uid, one global resourceVersion, generation, status subresource,
 //!   optimistic concurrency, finalizers, owner-reference cascade);
 //! - label and field selectors; watches with history, bookmarks, timeouts and 410 Expired;
-//! - structural-schema validation with pruning and defaulting
-//!   ([`FakeApiServerOptions::strict_unknown_fields`]);
-//! - core `v1` pods at `/api/v1[/namespaces/{ns}]/pods[/{name}[/status]]` (no schema: what a
+//! - structural-schema validation with pruning and defaulting, and `fieldValidation`
+//!   (`Strict`, `Warn` with `Warning` headers, `Ignore`; the default is
+//!   [`FakeApiServerOptions::strict_unknown_fields`]);
+//! - server-side `Table`s from the CRDs' `additionalPrinterColumns` (what `kubectl get`
+//!   prints), and `/openapi/v2` and `/openapi/v3` built from their schemas (`kubectl apply`
+//!   validation, `kubectl explain`);
+//! - core `v1` namespaces (no schema), and pods at `/api/v1[/namespaces/{ns}]/pods[/{name}[/status]]` (no schema: what a
 //!   client writes is kept), and `pods/{name}/portforward`: kubelet's WebSocket port-forward
 //!   (`v4.channel.k8s.io`, as `kube::Api::<Pod>::portforward` asks) tunnelled over TCP to the
 //!   pod's `status.podIP`, counted as `get` on `pods/portforward`;
@@ -54,9 +59,9 @@
 //!
 //! # Caveats
 //!
-//! No authentication, no core resources but pods (no namespaces, services, …), no pod
-//! `exec`/`attach`/`log`, no CRD objects under
-//! `apiextensions.k8s.io`, no version conversion, no managedFields or apply conflicts, no CEL
+//! No authentication, no core resources but pods and namespaces (no services, …), no pod
+//! `exec`/`attach`/`log`, no CRD objects under `apiextensions.k8s.io`, no version conversion,
+//! server-side apply ownership for appliers only (updates and plain patches own nothing), no CEL
 //! `x-kubernetes-validations`, no `anyOf`/`allOf`/`oneOf` value validations and no list-type
 //! uniqueness. Schema validation enforces `required`, `type`, `enum`, `pattern` (with the `regex`
 //! crate: a CRD whose patterns use look-around or back-references is refused at install),
@@ -77,6 +82,7 @@ mod options;
 mod portforward;
 mod requests;
 mod resource;
+mod routes;
 mod schema;
 mod selector;
 mod server;

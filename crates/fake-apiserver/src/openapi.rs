@@ -8,9 +8,9 @@
 //!
 //! # Caveats
 //!
-//! `ObjectMeta` and `ListMeta` are abridged (the fields clients write); the core group
-//! describes pods only, with a schema that accepts any fields (the server stores pods as
-//! written). Responses name their schemas but list no status codes other than 200 and 201.
+//! `ObjectMeta` and `ListMeta` are abridged (the fields clients write); the core kinds (pods,
+//! namespaces) have a schema that accepts any fields (the server stores them as
+//! written). Operations list only their 200 response.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash as _, Hasher as _};

@@ -32,7 +32,8 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::fault::{FaultAction, RequestFacts};
 use crate::requests::Verb;
-use crate::server::{Body, Shared, error_response, parse_query};
+use crate::routes::parse_query;
+use crate::server::{Body, Shared, error_response};
 use crate::status::ApiError;
 
 /// The subprotocols served, preferred first: kube-rs offers `v5` and `v4.channel.k8s.io`;

@@ -21,7 +21,7 @@
 use rand::Rng as _;
 use serde_json::{Value, json};
 
-use crate::apply::{self, Applier, ApplyError};
+use crate::apply::{self, Applier};
 use crate::crd::{Resource, Version};
 use crate::field_validation::{FieldValidation, Warnings};
 use crate::schema;
@@ -103,42 +103,6 @@ impl Target<'_> {
 
     fn not_found(&self) -> ApiError {
         ApiError::not_found(&self.resource.group, &self.resource.plural, self.name())
-    }
-
-    fn apply_failed(&self, err: ApplyError) -> ApiError {
-        match err {
-            ApplyError::NoManager => ApiError::bad_request(
-                "PATCH with application/apply-patch+yaml requires the fieldManager parameter",
-            ),
-            ApplyError::Conflicts(conflicts) => {
-                let listed = conflicts
-                    .iter()
-                    .map(|(field, manager)| format!("conflict with \"{manager}\": {field}"))
-                    .collect::<Vec<_>>();
-                let mut err = ApiError::conflict(
-                    &self.resource.group,
-                    &self.resource.plural,
-                    self.name(),
-                    &format!(
-                        "Apply failed with {} conflict{}: {}",
-                        conflicts.len(),
-                        if conflicts.len() == 1 { "" } else { "s" },
-                        listed.join(", ")
-                    ),
-                );
-                err.causes = conflicts
-                    .into_iter()
-                    .map(|(field, manager)| {
-                        Cause::new(
-                            "FieldManagerConflict",
-                            &field,
-                            format!("conflict with \"{manager}\""),
-                        )
-                    })
-                    .collect();
-                err
-            }
-        }
     }
 
     fn invalid(&self, name: &str, causes: Vec<Cause>) -> ApiError {
@@ -420,7 +384,7 @@ pub(crate) fn patch(
                 &t.api_version(),
                 &now(),
             )
-            .map_err(|e| t.apply_failed(e))?;
+            .map_err(|e| e.into_status(&t.resource.group, &t.resource.plural, t.name()))?;
             match current {
                 Some(current) => write(store, t, current, applied, opts),
                 None => {

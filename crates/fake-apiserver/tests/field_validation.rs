@@ -1,4 +1,4 @@
-//! `fieldValidation` and `Warning` headers, read from the raw HTTP responses.
+//! `fieldValidation`, deprecation and their `Warning` headers, read from the raw HTTP responses.
 
 mod common;
 
@@ -96,4 +96,52 @@ async fn status_errors_name_the_resource_or_the_kind_as_upstream_does() {
     );
     assert_eq!((invalid.code, invalid.reason.as_str()), (422, "Invalid"));
     assert_eq!(invalid.details.unwrap().kind, "SandboxClaim");
+}
+
+#[tokio::test]
+async fn a_deprecated_version_answers_with_its_deprecation_warning() {
+    let server = fake_apiserver::FakeApiServer::start().await.unwrap();
+    let version = |name: &str, extra: Value| {
+        let mut v = json!({"name": name, "served": true, "storage": name == "v2",
+            "schema": {"openAPIV3Schema": {"type": "object"}}});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    server
+        .install_crd(json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced",
+                "names": {"plural": "widgets", "kind": "Widget"},
+                "versions": [
+                    version("v1", json!({"deprecated": true, "deprecationWarning": "example.com/v1 Widget is old; use v2"})),
+                    version("v2", json!({})),
+                ]}
+        }))
+        .unwrap();
+    let warnings = |version: &'static str| {
+        let server = server.clone();
+        async move {
+            let request = http::Request::get(format!(
+                "/apis/example.com/{version}/namespaces/{NS}/widgets"
+            ))
+            .body(kube::client::Body::empty())
+            .unwrap();
+            let response = server.client(NS).send(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            response
+                .headers()
+                .get_all("warning")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        warnings("v1").await,
+        [r#"299 - "example.com/v1 Widget is old; use v2""#]
+    );
+    assert!(warnings("v2").await.is_empty());
 }

@@ -88,32 +88,31 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     refuse_foreign_kubeconfig(&cli.kubeconfig)?;
+    let stop = stop_signal()?;
+    tokio::pin!(stop);
     let pods = match cli.runtime {
         Runtime::None => None,
         Runtime::Local => Some(Pods::start(RuntimeKind::Local).await?),
         Runtime::Docker => Some(Pods::start(RuntimeKind::Docker).await?),
     };
-    let stop = stop_signal()?;
-    tokio::pin!(stop);
-    let outcome = tokio::select! {
-        served = serve(&cli, pods.as_ref()) => served,
-        () = &mut stop => Ok(None),
+    // `None`: stopped before the cluster was ready (the abandoned start may have left pods).
+    let started = tokio::select! {
+        served = serve(&cli, pods.as_ref()) => Some(served),
+        () = &mut stop => None,
     };
-    let cluster = match outcome {
-        Ok(Some(cluster)) => {
+    let cluster = match started {
+        Some(Ok(cluster)) => {
             (&mut stop).await;
             Some(cluster)
         }
-        Ok(None) => {
-            eprintln!("stopped while starting");
-            None
-        }
-        Err(e) => {
+        Some(Err(e)) => {
             shut_down(&cli.kubeconfig, pods.as_ref()).await;
             return Err(e);
         }
+        None => None,
     };
     shut_down(&cli.kubeconfig, pods.as_ref()).await;
+    // The controller stops before the server (field order of `FakeCluster`).
     drop(cluster);
     println!("fake cluster stopped; kubeconfig removed");
     Ok(())
@@ -149,7 +148,7 @@ async fn shut_down(kubeconfig: &Path, pods: Option<&Pods>) {
 }
 
 /// Starts the cluster, fills the warm pool and writes the kubeconfig.
-async fn serve(cli: &Cli, pods: Option<&Pods>) -> anyhow::Result<Option<FakeCluster>> {
+async fn serve(cli: &Cli, pods: Option<&Pods>) -> anyhow::Result<FakeCluster> {
     let runtime = match pods {
         Some(pods) => pods.as_pod_runtime(),
         None => std::sync::Arc::new(LoopbackRuntime::new()),
@@ -216,7 +215,7 @@ async fn serve(cli: &Cli, pods: Option<&Pods>) -> anyhow::Result<Option<FakeClus
         "kubeconfig written: export KUBECONFIG={}   (Ctrl-C stops the cluster)",
         cli.kubeconfig.display()
     );
-    Ok(Some(cluster))
+    Ok(cluster)
 }
 
 /// Waits until `replicas` members of the pool (by the pool's label) report `Ready=True`.

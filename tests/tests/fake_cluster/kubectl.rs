@@ -15,7 +15,7 @@ const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A cluster, or `None` (skipped in one line) when kubectl is not installed outside CI.
 fn cluster() -> Option<Cluster> {
-    present(Path::new("kubectl"), "version", "kubectl").then(Cluster::start)
+    present(Path::new("kubectl"), &["version", "--client"], "kubectl").then(Cluster::start)
 }
 
 fn kubectl(cluster: &Cluster, args: &[&str]) -> Output {
@@ -156,9 +156,11 @@ fn unknown_fields_fail_kubectl_apply_and_only_warn_when_asked_to() {
         &[],
     );
     let stderr = String::from_utf8_lossy(&invalid.stderr);
+    // kubectl names the kind from the Status details, as against a real server.
     assert!(
-        stderr.contains("Error from server (Invalid)")
-            && stderr.contains("spec.lifecycle.shutdownPolicy"),
+        stderr.contains(
+            "The SandboxClaim \"bad\" is invalid: spec.lifecycle.shutdownPolicy: Unsupported value: \"Never\""
+        ),
         "{stderr}"
     );
 }
@@ -227,6 +229,23 @@ fn kubectl_patch_label_and_delete_change_and_remove_a_claim() {
     assert_eq!(
         selected.trim(),
         "sandboxclaim.extensions.agents.x-k8s.io/c1"
+    );
+    // Without `--type`, kubectl sends a strategic merge patch, which custom resources refuse.
+    let strategic = kubectl(
+        &cluster,
+        &[
+            "patch",
+            "sandboxclaim",
+            "c1",
+            "-p",
+            r#"{"metadata":{"labels":{"x":"y"}}}"#,
+        ],
+    );
+    assert!(!strategic.status.success());
+    let stderr = String::from_utf8_lossy(&strategic.stderr);
+    assert!(
+        stderr.contains("application/strategic-merge-patch+json is not supported by extensions.agents.x-k8s.io/v1beta1, Kind=SandboxClaim"),
+        "{stderr}"
     );
     let note = kubectl_ok(
         &cluster,

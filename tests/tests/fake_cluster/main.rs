@@ -26,7 +26,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopped cluster may take to exit.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A running `fake-cluster --runtime none` with a warm pool of two.
+/// A running `fake-cluster` with a warm pool.
 #[derive(Debug)]
 pub struct Cluster {
     child: Option<Child>,
@@ -34,14 +34,21 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Pods that are nothing (`--runtime none`), a warm pool of two.
     pub fn start() -> Self {
+        Self::start_with("none", 2)
+    }
+
+    /// Pods of `runtime` (`none`, `local`, `docker`), a warm pool of `replicas`.
+    pub fn start_with(runtime: &str, replicas: u32) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let log = std::fs::File::create(dir.path().join("fake-cluster.log")).expect("a log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_fake-cluster"));
         command
             .arg("--kubeconfig")
             .arg(dir.path().join("kubeconfig"))
-            .args(["--warm-pool", POOL, "--replicas", "2", "--runtime", "none"])
+            .args(["--warm-pool", POOL, "--runtime", runtime])
+            .args(["--replicas", &replicas.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("the log file"))
             .stderr(log);
@@ -142,11 +149,11 @@ pub fn succeeded(what: &str, output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// `true` when `program --flag` runs; a missing program fails under `CI` and is reported in one
-/// line otherwise.
-pub fn present(program: &Path, version_flag: &str, what: &str) -> bool {
+/// `true` when `program args…` (a version query that needs no server) succeeds; a missing
+/// program fails under `CI` and is reported in one line otherwise.
+pub fn present(program: &Path, args: &[&str], what: &str) -> bool {
     let found = Command::new(program)
-        .arg(version_flag)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -189,6 +196,39 @@ fn the_cluster_writes_its_kubeconfig_when_ready_and_removes_it_on_sigterm() {
         cluster.log().contains("fake cluster stopped"),
         "{}",
         cluster.log()
+    );
+}
+
+#[test]
+fn local_pods_are_agent_processes_that_serve_until_the_cluster_stops() {
+    // kubectl reads the pod IP.
+    if !present(Path::new("kubectl"), &["version", "--client"], "kubectl") {
+        return;
+    }
+    let mut cluster = Cluster::start_with("local", 1);
+    let output = cluster
+        .command("kubectl")
+        .args([
+            "get",
+            "sandboxes",
+            "-o",
+            "jsonpath={.items[*].status.podIPs[0]}",
+        ])
+        .output()
+        .expect("running kubectl");
+    let ip = succeeded("kubectl get sandboxes", &output)
+        .trim()
+        .to_owned();
+    let agent: std::net::SocketAddr = format!("{ip}:{}", axp_transport::DEFAULT_PORT)
+        .parse()
+        .unwrap_or_else(|e| panic!("pod IP {ip:?}: {e}"));
+    std::net::TcpStream::connect_timeout(&agent, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("the pool's agent does not answer at {agent}: {e}"));
+    assert!(cluster.stop().success(), "{}", cluster.log());
+    let refused = std::net::TcpStream::connect_timeout(&agent, Duration::from_secs(5));
+    assert!(
+        refused.is_err(),
+        "the agent at {agent} outlived the cluster"
     );
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::{Cluster, NAMESPACE, POOL, present, succeeded};
+use crate::{Cluster, NAMESPACE, POOL, succeeded};
 
 /// The variable naming the interpreter that has `tests/python/requirements.txt` installed
 /// (`.ci/run` sets it); without it, `target/python-clients/bin/python` of this checkout.
@@ -21,22 +21,18 @@ fn interpreter() -> PathBuf {
 /// The interpreter, or `None` (skipped in one line) when the packages are missing outside CI.
 fn python() -> Option<PathBuf> {
     let python = interpreter();
-    let has_packages = present(
-        &python,
-        "--version",
-        "the Python interpreter of the clients",
-    ) && std::process::Command::new(&python)
-        .args(["-c", "import k8s_agent_sandbox, kubernetes"])
+    let has_packages = std::process::Command::new(&python)
+        .args(["-I", "-c", "import k8s_agent_sandbox, kubernetes"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_packages {
         assert!(
             std::env::var_os("CI").is_none(),
-            "CI runs this test, but {} lacks the packages of tests/python/requirements.txt",
+            "CI runs this test, but {} is missing or lacks the packages of tests/python/requirements.txt",
             python.display()
         );
         println!(
-            "skipped: {} lacks tests/python/requirements.txt (python3 -m venv target/python-clients && target/python-clients/bin/pip install -r tests/python/requirements.txt); CI fails here",
+            "skipped: {} is missing or lacks tests/python/requirements.txt (python3 -m venv target/python-clients && target/python-clients/bin/pip install -r tests/python/requirements.txt); CI fails here",
             python.display()
         );
         return None;
