@@ -3,7 +3,8 @@
 //! Transient: HTTP 5xx, 429 (honouring the server's `retryAfterSeconds`, capped), and
 //! transport failures (connection refused or reset). Everything else (4xx, decode errors)
 //! surfaces at once. Note that the default kube client already retries 429/503/504 on its
-//! own; this layer adds 500/502 and transport errors and bounds the total.
+//! own (also honouring `Retry-After`); this layer adds 500/502 and transport errors and
+//! bounds the total. The delays come from [`backon`].
 
 use std::future::Future;
 use std::time::Duration;

@@ -140,3 +140,67 @@ async fn under_random_faults_of_every_kind_no_claim_is_left_without_a_status_onc
     let (_, without) = census(&api).await;
     assert_eq!(without, 0);
 }
+
+/// Pods that take `delay` to start (the loopback runtime's addresses).
+#[derive(Debug)]
+struct SlowPods {
+    delay: Duration,
+    inner: sandbox_claim::testing::LoopbackRuntime,
+}
+
+impl sandbox_claim::testing::PodRuntime for SlowPods {
+    fn start<'a>(
+        &'a self,
+        request: &'a sandbox_claim::testing::PodRequest,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<sandbox_claim::testing::PodStarted, sandbox_claim::testing::PodRuntimeError>,
+    > {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.start(request).await
+        })
+    }
+
+    fn stop<'a>(&'a self, namespace: &'a str, pod: &'a str) -> futures::future::BoxFuture<'a, ()> {
+        self.inner.stop(namespace, pod)
+    }
+}
+
+#[tokio::test]
+async fn a_claim_waits_with_adoption_pending_for_a_starting_pool_member_and_adopts_it() {
+    let runtime = std::sync::Arc::new(SlowPods {
+        delay: Duration::from_millis(800),
+        inner: sandbox_claim::testing::LoopbackRuntime::new(),
+    });
+    let cluster = cluster(FakeClusterOptions::default().runtime(runtime), 1).await;
+    let api = claim_api(&cluster);
+    // The pool's member exists but its pod is still starting.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cluster
+        .server()
+        .objects("agents.x-k8s.io", "sandboxes", Some(cluster.namespace()))
+        .is_empty()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no pool member");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    create_claims(&api, std::iter::once("patient".to_owned())).await;
+    let mut reasons = Vec::new();
+    let sandbox = loop {
+        let c = api.get("patient").await.unwrap();
+        let status = c.status.unwrap_or_default();
+        if let Some(r) = status.ready() {
+            if reasons.last() != Some(&r.reason) {
+                reasons.push(r.reason.clone());
+            }
+            if r.status == "True" {
+                break status.sandbox.and_then(|s| s.name).unwrap();
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not ready: {reasons:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(reasons.first().map(String::as_str), Some("AdoptionPending"), "{reasons:?}");
+    assert!(sandbox.starts_with("pool-"), "adopted, not cold: {sandbox}");
+}

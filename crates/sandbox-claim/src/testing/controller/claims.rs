@@ -8,6 +8,15 @@ use crate::types::{ClaimSandboxStatus, Lifecycle};
 
 /// How often a claim whose Sandbox is not Ready yet re-reads it from the store.
 const FORWARD_RECHECK: Duration = Duration::from_millis(100);
+/// How long a new claim waits for a starting warm-pool member before it starts cold
+/// (upstream's `warmCandidateGracePeriod`).
+const ADOPTION_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether a claim that found no Ready member should wait (`AdoptionPending`) rather than
+/// start cold: members are starting and the claim is younger than [`ADOPTION_GRACE`].
+pub(super) fn adoption_pending(members_starting: usize, claim_age: Duration) -> bool {
+    members_starting > 0 && claim_age < ADOPTION_GRACE
+}
 
 /// Reasons the upstream claim controller sets on the claim itself, before any sandbox; once
 /// set they stay until the claim changes.
@@ -134,15 +143,35 @@ impl Shared {
         };
         if forced.is_none()
             && let Some(pool) = &pool
-            && let Some(sandbox) = self.adopt(claim, pool).await?
         {
-            let name = sandbox.name_any();
-            lock(&self.bound).insert(uid, name);
-            if let Some(desired) = forwarded(claim, &sandbox) {
-                let ready = desired.conditions[0].clone();
-                self.set_claim_ready(claim, &ready, desired.sandbox).await?;
+            if let Some(sandbox) = self.adopt(claim, pool).await? {
+                let name = sandbox.name_any();
+                lock(&self.bound).insert(uid, name);
+                if let Some(desired) = forwarded(claim, &sandbox) {
+                    let ready = desired.conditions[0].clone();
+                    self.set_claim_ready(claim, &ready, desired.sandbox).await?;
+                }
+                return Ok(self.until_ready(&sandbox, after));
             }
-            return Ok(self.until_ready(&sandbox, after));
+            let age = claim
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| Duration::try_from(jiff::Timestamp::now().duration_since(t.0)).ok())
+                .unwrap_or_default();
+            if adoption_pending(self.starting_members(pool), age) {
+                let ready = condition(
+                    "Ready",
+                    false,
+                    "AdoptionPending",
+                    &format!("waiting for a warm sandbox of SandboxWarmPool \"{pool}\" to become ready"),
+                    claim.metadata.generation,
+                );
+                if !status.ready().is_some_and(|c| same_condition(c, &ready)) {
+                    self.set_claim_ready(claim, &ready, None).await?;
+                }
+                return Ok(Action::requeue(FORWARD_RECHECK));
+            }
         }
         let Some(template) = self
             .templates_api()
@@ -325,6 +354,13 @@ mod tests {
             "sandbox": { "name": "s", "podIPs": ["10.0.0.1"] },
         }));
         assert!(forwarded(&stale_ip, &sb).is_some());
+    }
+
+    #[test]
+    fn a_young_claim_waits_for_a_starting_member_and_an_older_one_starts_cold() {
+        assert!(adoption_pending(1, Duration::from_millis(300)));
+        assert!(!adoption_pending(0, Duration::from_millis(300)), "nothing to wait for");
+        assert!(!adoption_pending(2, Duration::from_secs(3)), "past the grace period");
     }
 
     #[test]

@@ -32,7 +32,10 @@
 //! # What it implements
 //! Cold path (Sandbox named after the claim, owned by it), warm pools (keep `replicas`
 //! members owned by the pool; a claim adopts a Ready one, moving the ownerReference and
-//! stripping the pool label; the pool replenishes), `Ready` forwarding with pod IPs,
+//! stripping the pool label; the pool replenishes; a claim younger than 2 s waits for a
+//! member whose pod is still starting with `Ready=False AdoptionPending` rather than start
+//! cold, as upstream's `warmCandidateGracePeriod`), `Ready` forwarding with pod IPs,
+//! `PodFailed` when the pod runtime cannot start a pod,
 //! `WarmPoolNotFound` / `TemplateNotFound` (retried), forced failure reasons
 //! ([`SimulatedController::fail_next`]), claim lifecycle expiry (`Delete`,
 //! `DeleteForeground`, `Retain`), pod loss and recreation

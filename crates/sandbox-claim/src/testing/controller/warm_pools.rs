@@ -118,6 +118,27 @@ impl Shared {
         Ok(Action::requeue(POOL_RESYNC))
     }
 
+    /// Members of `pool` whose pod is still starting (not Ready, not failed for good, not
+    /// being replaced).
+    pub(super) fn starting_members(&self, pool: &str) -> usize {
+        let hash = name_hash(pool);
+        let replacing = lock(&self.replacing);
+        let failed = |s: &DynamicObject| {
+            ready_condition(&sandbox_status(s).conditions).is_some_and(|c| {
+                c.status == "False"
+                    && crate::reason::classify(&c.reason) == crate::reason::ReasonClass::Terminal
+            })
+        };
+        self.sandboxes
+            .state_filter(|s| {
+                is_member(s, &hash)
+                    && !is_ready(s)
+                    && !failed(s)
+                    && !replacing.contains(&s.name_any())
+            })
+            .len()
+    }
+
     /// Adopts a Ready pool member: the claim becomes its controller owner and the pool label
     /// goes, as in upstream's warm adoption. The patch carries the member's resourceVersion,
     /// so a member changed meanwhile (adopted by another claim, its pod replaced) is not
