@@ -57,6 +57,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         pct(0.99),
         pct(1.0),
     );
+    let per_claim: Vec<String> = cluster
+        .server()
+        .requests()
+        .iter()
+        .filter(|(_, _, count)| *count as usize >= n / 10)
+        .map(|(verb, resource, count)| format!("{verb} {resource} {:.1}", count as f64 / n as f64))
+        .collect();
+    println!("API requests per claim (client and controller): {}", per_claim.join(", "));
     let released = Instant::now();
     for i in 0..n {
         claims.release(&format!("load-{i}")).await?;

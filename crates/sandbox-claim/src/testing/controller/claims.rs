@@ -8,6 +8,9 @@ use crate::types::{ClaimSandboxStatus, Lifecycle};
 
 /// How often a claim whose Sandbox is not Ready yet re-reads it from the store.
 const FORWARD_RECHECK: Duration = Duration::from_millis(100);
+/// How long a Sandbox this controller just made or adopted for a claim may take to show up
+/// in the store before the claim is provisioned again (it may have been deleted meanwhile).
+const STORE_LAG: Duration = Duration::from_secs(5);
 /// How long a new claim waits for a starting warm-pool member before it starts cold
 /// (upstream's `warmCandidateGracePeriod`).
 const ADOPTION_GRACE: Duration = Duration::from_secs(2);
@@ -119,6 +122,13 @@ impl Shared {
         {
             return Ok(after(Action::await_change()));
         }
+        // Just created or adopted, not in the store yet: wait for it rather than make another.
+        if lock(&self.bound)
+            .get(&uid)
+            .is_some_and(|(_, at)| at.elapsed() < STORE_LAG)
+        {
+            return Ok(Action::requeue(FORWARD_RECHECK));
+        }
         // The first reconcile of a claim takes the next forced reason, if any.
         let forced = lock(&self.seen_claims)
             .insert(uid.clone())
@@ -146,7 +156,7 @@ impl Shared {
         {
             if let Some(sandbox) = self.adopt(claim, pool).await? {
                 let name = sandbox.name_any();
-                lock(&self.bound).insert(uid, name);
+                lock(&self.bound).insert(uid, (name, std::time::Instant::now()));
                 if let Some(desired) = forwarded(claim, &sandbox) {
                     let ready = desired.conditions[0].clone();
                     self.set_claim_ready(claim, &ready, desired.sandbox).await?;
@@ -192,7 +202,7 @@ impl Shared {
             return Ok(Action::requeue(NOT_FOUND_RETRY));
         };
         let sandbox = self.cold_start(claim, &template, forced).await?;
-        lock(&self.bound).insert(uid, sandbox.name_any());
+        lock(&self.bound).insert(uid, (sandbox.name_any(), std::time::Instant::now()));
         if let Some(desired) = forwarded(claim, &sandbox) {
             let ready = desired.conditions[0].clone();
             self.set_claim_ready(claim, &ready, desired.sandbox).await?;
@@ -227,7 +237,7 @@ impl Shared {
             s.metadata.deletion_timestamp.is_none()
                 && controller_of(s).is_some_and(|o| o.uid == uid)
         };
-        let bound = lock(&self.bound).get(&uid).cloned();
+        let bound = lock(&self.bound).get(&uid).map(|(name, _)| name.clone());
         let named = status.sandbox.as_ref().and_then(|s| s.name.clone());
         for name in bound.into_iter().chain(named) {
             if let Some(s) = self.stored_sandbox(&name).filter(|s| controlled(s)) {

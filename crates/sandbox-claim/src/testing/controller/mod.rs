@@ -221,7 +221,12 @@ struct Shared {
     /// Claim uids whose first reconcile happened (a forced reason is taken once per claim).
     seen_claims: Mutex<HashSet<String>>,
     /// Claim uid → the Sandbox it got, until the store shows it.
-    bound: Mutex<HashMap<String, String>>,
+    bound: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// Claim uid → the status this controller last wrote, so that a reconcile that reads a
+    /// claim from a store that has not caught up with that write does not write it again.
+    written_claims: Mutex<HashMap<String, SandboxClaimStatus>>,
+    /// Sandbox uids whose `Ready=True` this controller wrote (same reason).
+    written_ready: Mutex<HashSet<String>>,
     /// Sandbox uids handed to a claim, so that a store that lags never hands one out twice.
     adopted: Mutex<HashSet<String>>,
     /// Pool → names of members created but not yet seen in the store ("expectations").
@@ -437,6 +442,8 @@ impl SimulatedController {
             forced_sandboxes: Mutex::new(HashMap::new()),
             seen_claims: Mutex::new(HashSet::new()),
             bound: Mutex::new(HashMap::new()),
+            written_claims: Mutex::new(HashMap::new()),
+            written_ready: Mutex::new(HashSet::new()),
             adopted: Mutex::new(HashSet::new()),
             expected: Mutex::new(HashMap::new()),
             gated: Mutex::new(HashSet::new()),
@@ -735,6 +742,14 @@ impl Shared {
             conditions: vec![ready.clone()],
             sandbox,
         };
+        let uid = claim.uid().unwrap_or_default();
+        let same = |a: &SandboxClaimStatus| {
+            a.sandbox == status.sandbox
+                && a.conditions.first().is_some_and(|c| same_condition(c, ready))
+        };
+        if lock(&self.written_claims).get(&uid).is_some_and(same) {
+            return Ok(());
+        }
         let mut value = serde_json::to_value(&status).map_err(|source| ReconcileError::Build {
             what: "claim status",
             source,
@@ -748,7 +763,11 @@ impl Shared {
         match self.patch_claim_status(&claim.name_any(), value).await {
             // The claim went away meanwhile: nothing left to report to.
             Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
-            r => r.map_err(step("write claim status")),
+            Ok(()) => {
+                lock(&self.written_claims).insert(uid, status);
+                Ok(())
+            }
+            Err(e) => Err(step("write claim status")(e)),
         }
     }
 

@@ -55,8 +55,11 @@ impl Shared {
             .filter(|e| e.sandbox_uid == uid)
             .map(|e| e.pod.clone());
         let status = sandbox_status(sandbox);
+        // Our own Ready write that the store has not caught up with is no reason to write again.
+        let written = known.is_some() && lock(&self.written_ready).contains(&uid);
         match judge(&status, known.is_some()) {
             Bring::Nothing => Ok(Action::await_change()),
+            Bring::Up if written => Ok(Action::await_change()),
             Bring::TakeOver(ip) => {
                 let pod = PodStarted {
                     ip,
@@ -211,6 +214,8 @@ impl Shared {
         }
         if forced.is_some() {
             lock(&self.forced_sandboxes).remove(&name);
+        } else {
+            lock(&self.written_ready).insert(uid);
         }
         Ok(Action::await_change())
     }
