@@ -39,7 +39,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let claims = claims.clone();
             tokio::spawn(async move {
                 let t = Instant::now();
-                claims.acquire(&format!("load-{i}")).await.map(|_| t.elapsed())
+                claims
+                    .acquire(&format!("load-{i}"))
+                    .await
+                    .map(|_| t.elapsed())
             })
         })
         .collect();
@@ -64,7 +67,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|(_, _, count)| *count as usize >= n / 10)
         .map(|(verb, resource, count)| format!("{verb} {resource} {:.1}", count as f64 / n as f64))
         .collect();
-    println!("API requests per claim (client and controller): {}", per_claim.join(", "));
+    println!(
+        "API requests per claim (client and controller): {}",
+        per_claim.join(", ")
+    );
     let released = Instant::now();
     for i in 0..n {
         claims.release(&format!("load-{i}")).await?;

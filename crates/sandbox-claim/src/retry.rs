@@ -177,7 +177,8 @@ mod tests {
 
     fn throttled(retry_after: u32) -> kube::Error {
         let mut status = Status::failure("slow down", "TooManyRequests").with_code(429);
-        status.details = serde_json::from_value(serde_json::json!({ "retryAfterSeconds": retry_after })).ok();
+        status.details =
+            serde_json::from_value(serde_json::json!({ "retryAfterSeconds": retry_after })).ok();
         kube::Error::Api(Box::new(status))
     }
 
@@ -194,8 +195,16 @@ mod tests {
         .await;
         assert!(r.is_ok());
         assert_eq!(calls, 2);
-        assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
-        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

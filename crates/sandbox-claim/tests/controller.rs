@@ -11,8 +11,13 @@ const POOL: &str = "pool";
 const TEMPLATE: &str = "tpl";
 
 async fn cluster(options: FakeClusterOptions, replicas: i32) -> FakeCluster {
-    let cluster = FakeCluster::start(options).await.expect("fake cluster starts");
-    cluster.create_template(TEMPLATE, None).await.expect("template");
+    let cluster = FakeCluster::start(options)
+        .await
+        .expect("fake cluster starts");
+    cluster
+        .create_template(TEMPLATE, None)
+        .await
+        .expect("template");
     cluster
         .create_warm_pool(POOL, TEMPLATE, replicas)
         .await
@@ -82,7 +87,11 @@ async fn eventually_all_ready(api: &Api<v1beta1::SandboxClaim>, n: usize, within
 
 #[tokio::test]
 async fn a_restarted_controller_finishes_the_claims_its_predecessor_left_half_done() {
-    let mut cluster = cluster(FakeClusterOptions::default().ready_mode(ReadyMode::Manual), 0).await;
+    let mut cluster = cluster(
+        FakeClusterOptions::default().ready_mode(ReadyMode::Manual),
+        0,
+    )
+    .await;
     let api = claim_api(&cluster);
     create_claims(&api, (0..5).map(|i| format!("half-{i}"))).await;
     // The first controller creates the Sandboxes and starts their pods, then waits at the
@@ -94,10 +103,15 @@ async fn a_restarted_controller_finishes_the_claims_its_predecessor_left_half_do
         .len()
         < 5
     {
-        assert!(tokio::time::Instant::now() < deadline, "sandboxes not created");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sandboxes not created"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    cluster.controller().set_ready_mode(ReadyMode::After(Duration::ZERO));
+    cluster
+        .controller()
+        .set_ready_mode(ReadyMode::After(Duration::ZERO));
     cluster.restart_controller();
     // Claims created while the new controller starts are served too.
     create_claims(&api, (0..3).map(|i| format!("late-{i}"))).await;
@@ -106,7 +120,11 @@ async fn a_restarted_controller_finishes_the_claims_its_predecessor_left_half_do
 
 #[tokio::test]
 async fn many_claims_at_once_all_become_ready_from_the_pool_and_cold() {
-    let cluster = cluster(FakeClusterOptions::default().ready_mode(ReadyMode::After(Duration::ZERO)), 10).await;
+    let cluster = cluster(
+        FakeClusterOptions::default().ready_mode(ReadyMode::After(Duration::ZERO)),
+        10,
+    )
+    .await;
     let api = claim_api(&cluster);
     create_claims(&api, (0..60).map(|i| format!("load-{i}"))).await;
     eventually_all_ready(&api, 60, Duration::from_secs(30)).await;
@@ -114,7 +132,11 @@ async fn many_claims_at_once_all_become_ready_from_the_pool_and_cold() {
 
 #[tokio::test]
 async fn under_random_faults_of_every_kind_no_claim_is_left_without_a_status_once_they_stop() {
-    let cluster = cluster(FakeClusterOptions::default().ready_mode(ReadyMode::After(Duration::ZERO)), 4).await;
+    let cluster = cluster(
+        FakeClusterOptions::default().ready_mode(ReadyMode::After(Duration::ZERO)),
+        4,
+    )
+    .await;
     let api = claim_api(&cluster);
     // Faults on every verb and resource, the controller's own requests included.
     let chaos = cluster
@@ -198,9 +220,16 @@ async fn a_claim_waits_with_adoption_pending_for_a_starting_pool_member_and_adop
                 break status.sandbox.and_then(|s| s.name).unwrap();
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "not ready: {reasons:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready: {reasons:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    assert_eq!(reasons.first().map(String::as_str), Some("AdoptionPending"), "{reasons:?}");
+    assert_eq!(
+        reasons.first().map(String::as_str),
+        Some("AdoptionPending"),
+        "{reasons:?}"
+    );
     assert!(sandbox.starts_with("pool-"), "adopted, not cold: {sandbox}");
 }

@@ -39,12 +39,18 @@ pub(super) enum Sources {
         template: String,
     },
     /// A dependency is missing: `Ready=False` with this reason and message.
-    Missing { reason: &'static str, message: String },
+    Missing {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// What the claim's status should say, given its Sandbox (`None`: the claim's status is
 /// right as it is).
-pub(super) fn forwarded(claim: &DynamicObject, sandbox: &DynamicObject) -> Option<SandboxClaimStatus> {
+pub(super) fn forwarded(
+    claim: &DynamicObject,
+    sandbox: &DynamicObject,
+) -> Option<SandboxClaimStatus> {
     let current = claim_status(claim);
     let sb = sandbox_status(sandbox);
     let generation = claim.metadata.generation;
@@ -65,7 +71,8 @@ pub(super) fn forwarded(claim: &DynamicObject, sandbox: &DynamicObject) -> Optio
         name: Some(sandbox.name_any()),
         pod_ips: sb.pod_ips,
     };
-    let unchanged_ready = ready_condition(&current.conditions).filter(|c| same_condition(c, &ready));
+    let unchanged_ready =
+        ready_condition(&current.conditions).filter(|c| same_condition(c, &ready));
     if let Some(c) = unchanged_ready {
         if current.sandbox.as_ref() == Some(&desired_sandbox) {
             return None;
@@ -92,9 +99,7 @@ impl Shared {
             return Ok(Action::await_change());
         }
         let uid = claim.uid().unwrap_or_default();
-        let shutdown = lifecycle(claim)
-            .and_then(|l| l.shutdown_time)
-            .map(|t| t.0);
+        let shutdown = lifecycle(claim).and_then(|l| l.shutdown_time).map(|t| t.0);
         if shutdown.is_some_and(|t| t <= jiff::Timestamp::now()) {
             self.expire(claim).await?;
             return Ok(Action::await_change());
@@ -137,7 +142,13 @@ impl Shared {
         if let Some(f) = &forced
             && CLAIM_SIDE_REASONS.contains(&f.reason.as_str())
         {
-            let ready = condition("Ready", false, &f.reason, &f.message, claim.metadata.generation);
+            let ready = condition(
+                "Ready",
+                false,
+                &f.reason,
+                &f.message,
+                claim.metadata.generation,
+            );
             self.set_claim_ready(claim, &ready, None).await?;
             return Ok(after(Action::await_change()));
         }
@@ -174,7 +185,9 @@ impl Shared {
                     "Ready",
                     false,
                     "AdoptionPending",
-                    &format!("waiting for a warm sandbox of SandboxWarmPool \"{pool}\" to become ready"),
+                    &format!(
+                        "waiting for a warm sandbox of SandboxWarmPool \"{pool}\" to become ready"
+                    ),
                     claim.metadata.generation,
                 );
                 if !status.ready().is_some_and(|c| same_condition(c, &ready)) {
@@ -216,8 +229,9 @@ impl Shared {
     /// [`FORWARD_RECHECK`] (a read of the store, no request unless something changed).
     fn until_ready(&self, sandbox: &DynamicObject, after: impl Fn(Action) -> Action) -> Action {
         let settled = is_ready(sandbox)
-            || ready_condition(&sandbox_status(sandbox).conditions)
-                .is_some_and(|c| c.status == "False" && classify(&c.reason) == ReasonClass::Terminal);
+            || ready_condition(&sandbox_status(sandbox).conditions).is_some_and(|c| {
+                c.status == "False" && classify(&c.reason) == ReasonClass::Terminal
+            });
         if settled {
             after(Action::await_change())
         } else {
@@ -337,23 +351,33 @@ mod tests {
     fn a_sandbox_without_conditions_is_forwarded_as_sandbox_not_ready() {
         let desired = forwarded(&claim(Value::Null), &sandbox(Value::Null)).unwrap();
         let c = &desired.conditions[0];
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "SandboxNotReady"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "SandboxNotReady")
+        );
         assert_eq!(desired.sandbox.unwrap().name.as_deref(), Some("s"));
     }
 
     #[test]
     fn the_sandboxs_ready_is_forwarded_with_the_claims_generation_and_pod_ips() {
-        let sb = sandbox(json!({ "conditions": [ready("True", "DependenciesReady")], "podIPs": ["10.0.0.7"] }));
+        let sb = sandbox(
+            json!({ "conditions": [ready("True", "DependenciesReady")], "podIPs": ["10.0.0.7"] }),
+        );
         let desired = forwarded(&claim(Value::Null), &sb).unwrap();
         let c = &desired.conditions[0];
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "DependenciesReady"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "DependenciesReady")
+        );
         assert_eq!(c.observed_generation, Some(3));
         assert_eq!(desired.sandbox.unwrap().pod_ips, ["10.0.0.7"]);
     }
 
     #[test]
     fn a_claim_that_already_says_what_its_sandbox_says_is_not_written_again() {
-        let sb = sandbox(json!({ "conditions": [ready("True", "DependenciesReady")], "podIPs": ["10.0.0.7"] }));
+        let sb = sandbox(
+            json!({ "conditions": [ready("True", "DependenciesReady")], "podIPs": ["10.0.0.7"] }),
+        );
         let up_to_date = claim(json!({
             "conditions": [ready("True", "DependenciesReady")],
             "sandbox": { "name": "s", "podIPs": ["10.0.0.7"] },
@@ -369,16 +393,26 @@ mod tests {
     #[test]
     fn a_young_claim_waits_for_a_starting_member_and_an_older_one_starts_cold() {
         assert!(adoption_pending(1, Duration::from_millis(300)));
-        assert!(!adoption_pending(0, Duration::from_millis(300)), "nothing to wait for");
-        assert!(!adoption_pending(2, Duration::from_secs(3)), "past the grace period");
+        assert!(
+            !adoption_pending(0, Duration::from_millis(300)),
+            "nothing to wait for"
+        );
+        assert!(
+            !adoption_pending(2, Duration::from_secs(3)),
+            "past the grace period"
+        );
     }
 
     #[test]
     fn the_lifecycle_is_read_typed() {
         let mut c = claim(Value::Null);
-        c.data["spec"]["lifecycle"] = json!({ "shutdownTime": "2030-01-01T00:00:00Z", "shutdownPolicy": "Delete" });
+        c.data["spec"]["lifecycle"] =
+            json!({ "shutdownTime": "2030-01-01T00:00:00Z", "shutdownPolicy": "Delete" });
         let l = lifecycle(&c).unwrap();
-        assert_eq!(l.shutdown_policy, Some(crate::types::ShutdownPolicy::Delete));
+        assert_eq!(
+            l.shutdown_policy,
+            Some(crate::types::ShutdownPolicy::Delete)
+        );
         assert!(l.shutdown_time.is_some());
         assert!(lifecycle(&claim(Value::Null)).is_none());
     }

@@ -345,7 +345,9 @@ fn is_ready(sandbox: &DynamicObject) -> bool {
 }
 
 /// The controller owner of `obj`, if any.
-fn controller_of(obj: &DynamicObject) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+fn controller_of(
+    obj: &DynamicObject,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
     obj.owner_references()
         .iter()
         .find(|o| o.controller == Some(true))
@@ -408,13 +410,10 @@ impl SimulatedController {
         resumed: bool,
     ) -> (Arc<Shared>, Vec<JoinHandle<()>>) {
         let res = &setup.res;
-        let sandbox_ctl = Controller::new_with(
-            res.api(&res.sandbox),
-            watch_config(),
-            res.sandbox.clone(),
-        )
-        .trigger_backoff(watch_backoff())
-        .with_config(Config::default().concurrency(SANDBOX_WORKERS));
+        let sandbox_ctl =
+            Controller::new_with(res.api(&res.sandbox), watch_config(), res.sandbox.clone())
+                .trigger_backoff(watch_backoff())
+                .with_config(Config::default().concurrency(SANDBOX_WORKERS));
         let pool_ctl = Controller::new_with(res.api(&res.pool), watch_config(), res.pool.clone());
         let pools = pool_ctl.store();
         let pools_for_mapper = pool_ctl.store();
@@ -428,10 +427,11 @@ impl SimulatedController {
             )
             .trigger_backoff(watch_backoff())
             .with_config(Config::default().concurrency(1));
-        let claim_ctl = Controller::new_with(res.api(&res.claim), watch_config(), res.claim.clone())
-            .owns_with(res.api(&res.sandbox), res.sandbox.clone(), watch_config())
-            .trigger_backoff(watch_backoff())
-            .with_config(Config::default().concurrency(CLAIM_WORKERS));
+        let claim_ctl =
+            Controller::new_with(res.api(&res.claim), watch_config(), res.claim.clone())
+                .owns_with(res.api(&res.sandbox), res.sandbox.clone(), watch_config())
+                .trigger_backoff(watch_backoff())
+                .with_config(Config::default().concurrency(CLAIM_WORKERS));
         let shared = Arc::new(Shared {
             res: res.clone(),
             resumed,
@@ -457,7 +457,8 @@ impl SimulatedController {
             replace_lock: tokio::sync::Mutex::new(()),
             counter: std::sync::atomic::AtomicU64::new(0),
         });
-        let drain = |s: futures::stream::BoxStream<'static, ()>| tokio::spawn(s.for_each(|()| async {}));
+        let drain =
+            |s: futures::stream::BoxStream<'static, ()>| tokio::spawn(s.for_each(|()| async {}));
         let claims_task = drain(
             claim_ctl
                 .run(
@@ -661,9 +662,8 @@ impl Shared {
 
     /// The Sandbox of that name in the store.
     fn stored_sandbox(&self, name: &str) -> Option<Arc<DynamicObject>> {
-        self.sandboxes.get(
-            &ObjectRef::new_with(name, self.res.sandbox.clone()).within(&self.res.namespace),
-        )
+        self.sandboxes
+            .get(&ObjectRef::new_with(name, self.res.sandbox.clone()).within(&self.res.namespace))
     }
 
     /// The pool of that name in the store.
@@ -745,7 +745,9 @@ impl Shared {
         let uid = claim.uid().unwrap_or_default();
         let same = |a: &SandboxClaimStatus| {
             a.sandbox == status.sandbox
-                && a.conditions.first().is_some_and(|c| same_condition(c, ready))
+                && a.conditions
+                    .first()
+                    .is_some_and(|c| same_condition(c, ready))
         };
         if lock(&self.written_claims).get(&uid).is_some_and(same) {
             return Ok(());
@@ -791,7 +793,8 @@ mod tests {
     fn api_error(code: u16, retry_after: u32) -> ReconcileError {
         let mut status = kube::core::Status::failure("x", "y").with_code(code);
         if retry_after > 0 {
-            status.details = serde_json::from_value(json!({ "retryAfterSeconds": retry_after })).ok();
+            status.details =
+                serde_json::from_value(json!({ "retryAfterSeconds": retry_after })).ok();
         }
         ReconcileError::Api {
             step: "test",

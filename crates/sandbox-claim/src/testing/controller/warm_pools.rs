@@ -20,7 +20,11 @@ fn replicas_of(pool: &DynamicObject) -> usize {
 /// Whether `sandbox` is a (non-deleting) member of the pool whose name hashes to `hash`.
 fn is_member(sandbox: &DynamicObject, hash: &str) -> bool {
     sandbox.metadata.deletion_timestamp.is_none()
-        && sandbox.labels().get(labels::WARM_POOL_SANDBOX).map(String::as_str) == Some(hash)
+        && sandbox
+            .labels()
+            .get(labels::WARM_POOL_SANDBOX)
+            .map(String::as_str)
+            == Some(hash)
 }
 
 /// The pools a Sandbox event concerns: the pool that owns it, or, for a sandbox adopted from
@@ -38,10 +42,18 @@ pub(super) fn pools_of(
             .into_iter()
             .collect();
     }
-    if sandbox.labels().get(labels::LAUNCH_TYPE).map(String::as_str) != Some("warm") {
+    if sandbox
+        .labels()
+        .get(labels::LAUNCH_TYPE)
+        .map(String::as_str)
+        != Some("warm")
+    {
         return Vec::new();
     }
-    let hash = sandbox.labels().get(labels::SANDBOX_TEMPLATE_REF_HASH).cloned();
+    let hash = sandbox
+        .labels()
+        .get(labels::SANDBOX_TEMPLATE_REF_HASH)
+        .cloned();
     pools
         .state()
         .into_iter()
@@ -75,7 +87,12 @@ impl Shared {
             let mut expected = lock(&self.expected);
             let pending = expected.entry(pool_name.clone()).or_default();
             // Seen in the store (or already adopted out of it): no longer merely expected.
-            let all: HashSet<String> = self.sandboxes.state().iter().map(|s| s.name_any()).collect();
+            let all: HashSet<String> = self
+                .sandboxes
+                .state()
+                .iter()
+                .map(|s| s.name_any())
+                .collect();
             pending.retain(|n| !all.contains(n));
             members.len() + pending.len()
         };
