@@ -99,18 +99,14 @@ impl Shared {
             return Ok(Action::await_change());
         }
         let uid = claim.uid().unwrap_or_default();
-        let shutdown = lifecycle(claim).and_then(|l| l.shutdown_time).map(|t| t.0);
-        if shutdown.is_some_and(|t| t <= jiff::Timestamp::now()) {
+        let until = expiry::until_shutdown(lifecycle(claim).as_ref(), jiff::Timestamp::now());
+        if until == Some(Duration::ZERO) {
             self.expire(claim).await?;
             return Ok(Action::await_change());
         }
         // Wake up at the shutdown time (the upstream controller requeues the same way).
-        let after = |action: Action| match shutdown {
-            Some(t) => {
-                let wait = Duration::try_from(t.duration_since(jiff::Timestamp::now()))
-                    .unwrap_or_default();
-                Action::requeue(wait.max(Duration::from_millis(10)))
-            }
+        let after = |action: Action| match until {
+            Some(wait) => Action::requeue(wait.max(Duration::from_millis(10))),
             None => action,
         };
         let status = claim_status(claim);
