@@ -32,6 +32,13 @@ const DEADLINE: Duration = Duration::from_secs(40);
 const READY_TIMEOUT: &str = "15s";
 const CALL_TIMEOUT: &str = "15s";
 
+/// One conversation: its index, how its execution ended, how its release ended.
+type Outcome = (
+    usize,
+    Result<(), SandboxAgentError>,
+    Result<(), SandboxAgentError>,
+);
+
 /// The kind of a backend error, by its variant (never by its text).
 fn kind(error: &SandboxAgentError) -> String {
     match error {
@@ -64,7 +71,10 @@ async fn under_random_api_faults_every_conversation_ends_typed_in_time_and_nothi
         .unwrap();
     let yaml = pipeline
         .ax_yaml(&format!("      call_timeout: {CALL_TIMEOUT}\n"))
-        .replace("ready_timeout: 60s", &format!("ready_timeout: {READY_TIMEOUT}"));
+        .replace(
+            "ready_timeout: 60s",
+            &format!("ready_timeout: {READY_TIMEOUT}"),
+        );
     let registry = agent_sandbox_backend::Registry::from_yaml(&yaml).unwrap();
     let agent = Arc::new(
         agent_sandbox_backend::AgentSandboxAgent::from_config(
@@ -80,28 +90,27 @@ async fn under_random_api_faults_every_conversation_ends_typed_in_time_and_nothi
         FAULT_PROBABILITY,
     )));
 
-    let outcomes: Vec<(usize, Result<(), SandboxAgentError>, Result<(), SandboxAgentError>)> =
-        futures::stream::iter(0..CONVERSATIONS)
-            .map(|i| {
-                let agent = Arc::clone(&agent);
-                async move {
-                    let conversation = format!("chaos-{i}");
-                    let ran = tokio::time::timeout(
-                        DEADLINE,
-                        run(&agent, &conversation, "e1", planner_call("print(6 * 7)")),
-                    )
-                    .await
-                    .unwrap_or_else(|_| panic!("{conversation} outlived its deadline"));
-                    let ran = ran.map(|(text, _)| {
-                        assert!(text.contains("42"), "{conversation}: {text}");
-                    });
-                    let released = agent.release(&conversation).await;
-                    (i, ran, released)
-                }
-            })
-            .buffer_unordered(AT_ONCE)
-            .collect()
-            .await;
+    let outcomes: Vec<Outcome> = futures::stream::iter(0..CONVERSATIONS)
+        .map(|i| {
+            let agent = Arc::clone(&agent);
+            async move {
+                let conversation = format!("chaos-{i}");
+                let ran = tokio::time::timeout(
+                    DEADLINE,
+                    run(&agent, &conversation, "e1", planner_call("print(6 * 7)")),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("{conversation} outlived its deadline"));
+                let ran = ran.map(|(text, _)| {
+                    assert!(text.contains("42"), "{conversation}: {text}");
+                });
+                let released = agent.release(&conversation).await;
+                (i, ran, released)
+            }
+        })
+        .buffer_unordered(AT_ONCE)
+        .collect()
+        .await;
 
     let fired = server.faults_fired();
     server.remove_fault(chaos);
@@ -114,10 +123,11 @@ async fn under_random_api_faults_every_conversation_ends_typed_in_time_and_nothi
             Ok(()) => successes += 1,
             Err(e) => {
                 *failures.entry(kind(e)).or_default() += 1;
-                let chain = std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(": ");
+                let chain =
+                    std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(": ");
                 println!("  chaos-{i} failed: {chain}");
             }
         }

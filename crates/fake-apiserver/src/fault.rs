@@ -547,7 +547,11 @@ mod tests {
             FaultKind::DropWatch,
             FaultKind::Expired,
         ] {
-            assert!(counts.count(kind) > 50, "{kind} fired {}", counts.count(kind));
+            assert!(
+                counts.count(kind) > 50,
+                "{kind} fired {}",
+                counts.count(kind)
+            );
         }
     }
 
@@ -560,8 +564,16 @@ mod tests {
         }
         let counts = faults.counts();
         assert_eq!(counts.total(), 500, "p=1 fires on every request");
-        assert_eq!(counts.count(FaultKind::DropWatch), 0, "a create is no watch");
-        assert_eq!(counts.count(FaultKind::Expired), 0, "a create names no resourceVersion");
+        assert_eq!(
+            counts.count(FaultKind::DropWatch),
+            0,
+            "a create is no watch"
+        );
+        assert_eq!(
+            counts.count(FaultKind::Expired),
+            0,
+            "a create names no resourceVersion"
+        );
     }
 
     #[test]
@@ -570,7 +582,12 @@ mod tests {
             let mut faults = Faults::default();
             faults.inject(Fault::random(RandomFaults::every_kind(9, 0.5)));
             (0..200)
-                .map(|_| faults.decide(&watch_from(true)).action.and_then(|a| a.kind()))
+                .map(|_| {
+                    faults
+                        .decide(&watch_from(true))
+                        .action
+                        .and_then(|a| a.kind())
+                })
                 .collect::<Vec<_>>()
         };
         assert_eq!(run(), run());

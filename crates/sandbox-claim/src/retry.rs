@@ -3,7 +3,8 @@
 //! Transient: HTTP 5xx, 429 (honouring the server's `retryAfterSeconds`, capped), and
 //! transport failures (connection refused or reset). Everything else (4xx, decode errors)
 //! surfaces at once. Note that the default kube client already retries 429/503/504 on its
-//! own; this layer adds 500/502 and transport errors and bounds the total.
+//! own (also honouring `Retry-After`); this layer adds 500/502 and transport errors and
+//! bounds the total. The delays come from [`backon`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -272,7 +273,8 @@ mod tests {
 
     fn throttled(retry_after: u32) -> kube::Error {
         let mut status = Status::failure("slow down", "TooManyRequests").with_code(429);
-        status.details = serde_json::from_value(serde_json::json!({ "retryAfterSeconds": retry_after })).ok();
+        status.details =
+            serde_json::from_value(serde_json::json!({ "retryAfterSeconds": retry_after })).ok();
         kube::Error::Api(Box::new(status))
     }
 
@@ -289,8 +291,16 @@ mod tests {
         .await;
         assert!(r.is_ok());
         assert_eq!(calls, 2);
-        assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
-        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -11,8 +11,13 @@ const POOL: &str = "pool";
 const TEMPLATE: &str = "tpl";
 
 async fn cluster(options: FakeClusterOptions, replicas: i32) -> FakeCluster {
-    let cluster = FakeCluster::start(options).await.expect("fake cluster starts");
-    cluster.create_template(TEMPLATE, None).await.expect("template");
+    let cluster = FakeCluster::start(options)
+        .await
+        .expect("fake cluster starts");
+    cluster
+        .create_template(TEMPLATE, None)
+        .await
+        .expect("template");
     cluster
         .create_warm_pool(POOL, TEMPLATE, replicas)
         .await
@@ -82,7 +87,11 @@ async fn eventually_all_ready(api: &Api<v1beta1::SandboxClaim>, n: usize, within
 
 #[tokio::test]
 async fn a_restarted_controller_finishes_the_claims_its_predecessor_left_half_done() {
-    let mut cluster = cluster(FakeClusterOptions::default().ready_mode(ReadyMode::Manual), 0).await;
+    let mut cluster = cluster(
+        FakeClusterOptions::default().ready_mode(ReadyMode::Manual),
+        0,
+    )
+    .await;
     let api = claim_api(&cluster);
     create_claims(&api, (0..5).map(|i| format!("half-{i}"))).await;
     // The first controller creates the Sandboxes and starts their pods, then waits at the
@@ -94,10 +103,15 @@ async fn a_restarted_controller_finishes_the_claims_its_predecessor_left_half_do
         .len()
         < 5
     {
-        assert!(tokio::time::Instant::now() < deadline, "sandboxes not created");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sandboxes not created"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    cluster.controller().set_ready_mode(ReadyMode::After(Duration::ZERO));
+    cluster
+        .controller()
+        .set_ready_mode(ReadyMode::After(Duration::ZERO));
     cluster.restart_controller();
     // Claims created while the new controller starts are served too.
     create_claims(&api, (0..3).map(|i| format!("late-{i}"))).await;
@@ -106,7 +120,11 @@ async fn a_restarted_controller_finishes_the_claims_its_predecessor_left_half_do
 
 #[tokio::test]
 async fn many_claims_at_once_all_become_ready_from_the_pool_and_cold() {
-    let cluster = cluster(FakeClusterOptions::default().ready_mode(ReadyMode::After(Duration::ZERO)), 10).await;
+    let cluster = cluster(
+        FakeClusterOptions::default().ready_mode(ReadyMode::After(Duration::ZERO)),
+        10,
+    )
+    .await;
     let api = claim_api(&cluster);
     create_claims(&api, (0..60).map(|i| format!("load-{i}"))).await;
     eventually_all_ready(&api, 60, Duration::from_secs(30)).await;
@@ -114,7 +132,11 @@ async fn many_claims_at_once_all_become_ready_from_the_pool_and_cold() {
 
 #[tokio::test]
 async fn under_random_faults_of_every_kind_no_claim_is_left_without_a_status_once_they_stop() {
-    let cluster = cluster(FakeClusterOptions::default().ready_mode(ReadyMode::After(Duration::ZERO)), 4).await;
+    let cluster = cluster(
+        FakeClusterOptions::default().ready_mode(ReadyMode::After(Duration::ZERO)),
+        4,
+    )
+    .await;
     let api = claim_api(&cluster);
     // Faults on every verb and resource, the controller's own requests included.
     let chaos = cluster
@@ -139,4 +161,75 @@ async fn under_random_faults_of_every_kind_no_claim_is_left_without_a_status_onc
     eventually_all_ready(&api, 30, Duration::from_secs(30)).await;
     let (_, without) = census(&api).await;
     assert_eq!(without, 0);
+}
+
+/// Pods that take `delay` to start (the loopback runtime's addresses).
+#[derive(Debug)]
+struct SlowPods {
+    delay: Duration,
+    inner: sandbox_claim::testing::LoopbackRuntime,
+}
+
+impl sandbox_claim::testing::PodRuntime for SlowPods {
+    fn start<'a>(
+        &'a self,
+        request: &'a sandbox_claim::testing::PodRequest,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<sandbox_claim::testing::PodStarted, sandbox_claim::testing::PodRuntimeError>,
+    > {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.start(request).await
+        })
+    }
+
+    fn stop<'a>(&'a self, namespace: &'a str, pod: &'a str) -> futures::future::BoxFuture<'a, ()> {
+        self.inner.stop(namespace, pod)
+    }
+}
+
+#[tokio::test]
+async fn a_claim_waits_with_adoption_pending_for_a_starting_pool_member_and_adopts_it() {
+    let runtime = std::sync::Arc::new(SlowPods {
+        delay: Duration::from_millis(800),
+        inner: sandbox_claim::testing::LoopbackRuntime::new(),
+    });
+    let cluster = cluster(FakeClusterOptions::default().runtime(runtime), 1).await;
+    let api = claim_api(&cluster);
+    // The pool's member exists but its pod is still starting.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cluster
+        .server()
+        .objects("agents.x-k8s.io", "sandboxes", Some(cluster.namespace()))
+        .is_empty()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no pool member");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    create_claims(&api, std::iter::once("patient".to_owned())).await;
+    let mut reasons = Vec::new();
+    let sandbox = loop {
+        let c = api.get("patient").await.unwrap();
+        let status = c.status.unwrap_or_default();
+        if let Some(r) = status.ready() {
+            if reasons.last() != Some(&r.reason) {
+                reasons.push(r.reason.clone());
+            }
+            if r.status == "True" {
+                break status.sandbox.and_then(|s| s.name).unwrap();
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready: {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        reasons.first().map(String::as_str),
+        Some("AdoptionPending"),
+        "{reasons:?}"
+    );
+    assert!(sandbox.starts_with("pool-"), "adopted, not cold: {sandbox}");
 }

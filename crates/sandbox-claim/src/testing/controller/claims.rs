@@ -8,6 +8,18 @@ use crate::types::{ClaimSandboxStatus, Lifecycle};
 
 /// How often a claim whose Sandbox is not Ready yet re-reads it from the store.
 const FORWARD_RECHECK: Duration = Duration::from_millis(100);
+/// How long a Sandbox this controller just made or adopted for a claim may take to show up
+/// in the store before the claim is provisioned again (it may have been deleted meanwhile).
+const STORE_LAG: Duration = Duration::from_secs(5);
+/// How long a new claim waits for a starting warm-pool member before it starts cold
+/// (upstream's `warmCandidateGracePeriod`).
+const ADOPTION_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether a claim that found no Ready member should wait (`AdoptionPending`) rather than
+/// start cold: members are starting and the claim is younger than [`ADOPTION_GRACE`].
+pub(super) fn adoption_pending(members_starting: usize, claim_age: Duration) -> bool {
+    members_starting > 0 && claim_age < ADOPTION_GRACE
+}
 
 /// Reasons the upstream claim controller sets on the claim itself, before any sandbox; once
 /// set they stay until the claim changes.
@@ -27,12 +39,18 @@ pub(super) enum Sources {
         template: String,
     },
     /// A dependency is missing: `Ready=False` with this reason and message.
-    Missing { reason: &'static str, message: String },
+    Missing {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// What the claim's status should say, given its Sandbox (`None`: the claim's status is
 /// right as it is).
-pub(super) fn forwarded(claim: &DynamicObject, sandbox: &DynamicObject) -> Option<SandboxClaimStatus> {
+pub(super) fn forwarded(
+    claim: &DynamicObject,
+    sandbox: &DynamicObject,
+) -> Option<SandboxClaimStatus> {
     let current = claim_status(claim);
     let sb = sandbox_status(sandbox);
     let generation = claim.metadata.generation;
@@ -53,7 +71,8 @@ pub(super) fn forwarded(claim: &DynamicObject, sandbox: &DynamicObject) -> Optio
         name: Some(sandbox.name_any()),
         pod_ips: sb.pod_ips,
     };
-    let unchanged_ready = ready_condition(&current.conditions).filter(|c| same_condition(c, &ready));
+    let unchanged_ready =
+        ready_condition(&current.conditions).filter(|c| same_condition(c, &ready));
     if let Some(c) = unchanged_ready {
         if current.sandbox.as_ref() == Some(&desired_sandbox) {
             return None;
@@ -80,20 +99,14 @@ impl Shared {
             return Ok(Action::await_change());
         }
         let uid = claim.uid().unwrap_or_default();
-        let shutdown = lifecycle(claim)
-            .and_then(|l| l.shutdown_time)
-            .map(|t| t.0);
-        if shutdown.is_some_and(|t| t <= jiff::Timestamp::now()) {
+        let until = expiry::until_shutdown(lifecycle(claim).as_ref(), jiff::Timestamp::now());
+        if until == Some(Duration::ZERO) {
             self.expire(claim).await?;
             return Ok(Action::await_change());
         }
         // Wake up at the shutdown time (the upstream controller requeues the same way).
-        let after = |action: Action| match shutdown {
-            Some(t) => {
-                let wait = Duration::try_from(t.duration_since(jiff::Timestamp::now()))
-                    .unwrap_or_default();
-                Action::requeue(wait.max(Duration::from_millis(10)))
-            }
+        let after = |action: Action| match until {
+            Some(wait) => Action::requeue(wait.max(Duration::from_millis(10))),
             None => action,
         };
         let status = claim_status(claim);
@@ -110,6 +123,13 @@ impl Shared {
         {
             return Ok(after(Action::await_change()));
         }
+        // Just created or adopted, not in the store yet: wait for it rather than make another.
+        if lock(&self.bound)
+            .get(&uid)
+            .is_some_and(|(_, at)| at.elapsed() < STORE_LAG)
+        {
+            return Ok(Action::requeue(FORWARD_RECHECK));
+        }
         // The first reconcile of a claim takes the next forced reason, if any.
         let forced = lock(&self.seen_claims)
             .insert(uid.clone())
@@ -118,7 +138,13 @@ impl Shared {
         if let Some(f) = &forced
             && CLAIM_SIDE_REASONS.contains(&f.reason.as_str())
         {
-            let ready = condition("Ready", false, &f.reason, &f.message, claim.metadata.generation);
+            let ready = condition(
+                "Ready",
+                false,
+                &f.reason,
+                &f.message,
+                claim.metadata.generation,
+            );
             self.set_claim_ready(claim, &ready, None).await?;
             return Ok(after(Action::await_change()));
         }
@@ -134,15 +160,37 @@ impl Shared {
         };
         if forced.is_none()
             && let Some(pool) = &pool
-            && let Some(sandbox) = self.adopt(claim, pool).await?
         {
-            let name = sandbox.name_any();
-            lock(&self.bound).insert(uid, name);
-            if let Some(desired) = forwarded(claim, &sandbox) {
-                let ready = desired.conditions[0].clone();
-                self.set_claim_ready(claim, &ready, desired.sandbox).await?;
+            if let Some(sandbox) = self.adopt(claim, pool).await? {
+                let name = sandbox.name_any();
+                lock(&self.bound).insert(uid, (name, std::time::Instant::now()));
+                if let Some(desired) = forwarded(claim, &sandbox) {
+                    let ready = desired.conditions[0].clone();
+                    self.set_claim_ready(claim, &ready, desired.sandbox).await?;
+                }
+                return Ok(self.until_ready(&sandbox, after));
             }
-            return Ok(self.until_ready(&sandbox, after));
+            let age = claim
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| Duration::try_from(jiff::Timestamp::now().duration_since(t.0)).ok())
+                .unwrap_or_default();
+            if adoption_pending(self.starting_members(pool), age) {
+                let ready = condition(
+                    "Ready",
+                    false,
+                    "AdoptionPending",
+                    &format!(
+                        "waiting for a warm sandbox of SandboxWarmPool \"{pool}\" to become ready"
+                    ),
+                    claim.metadata.generation,
+                );
+                if !status.ready().is_some_and(|c| same_condition(c, &ready)) {
+                    self.set_claim_ready(claim, &ready, None).await?;
+                }
+                return Ok(Action::requeue(FORWARD_RECHECK));
+            }
         }
         let Some(template) = self
             .templates_api()
@@ -163,7 +211,7 @@ impl Shared {
             return Ok(Action::requeue(NOT_FOUND_RETRY));
         };
         let sandbox = self.cold_start(claim, &template, forced).await?;
-        lock(&self.bound).insert(uid, sandbox.name_any());
+        lock(&self.bound).insert(uid, (sandbox.name_any(), std::time::Instant::now()));
         if let Some(desired) = forwarded(claim, &sandbox) {
             let ready = desired.conditions[0].clone();
             self.set_claim_ready(claim, &ready, desired.sandbox).await?;
@@ -177,8 +225,9 @@ impl Shared {
     /// [`FORWARD_RECHECK`] (a read of the store, no request unless something changed).
     fn until_ready(&self, sandbox: &DynamicObject, after: impl Fn(Action) -> Action) -> Action {
         let settled = is_ready(sandbox)
-            || ready_condition(&sandbox_status(sandbox).conditions)
-                .is_some_and(|c| c.status == "False" && classify(&c.reason) == ReasonClass::Terminal);
+            || ready_condition(&sandbox_status(sandbox).conditions).is_some_and(|c| {
+                c.status == "False" && classify(&c.reason) == ReasonClass::Terminal
+            });
         if settled {
             after(Action::await_change())
         } else {
@@ -198,7 +247,7 @@ impl Shared {
             s.metadata.deletion_timestamp.is_none()
                 && controller_of(s).is_some_and(|o| o.uid == uid)
         };
-        let bound = lock(&self.bound).get(&uid).cloned();
+        let bound = lock(&self.bound).get(&uid).map(|(name, _)| name.clone());
         let named = status.sandbox.as_ref().and_then(|s| s.name.clone());
         for name in bound.into_iter().chain(named) {
             if let Some(s) = self.stored_sandbox(&name).filter(|s| controlled(s)) {
@@ -298,23 +347,33 @@ mod tests {
     fn a_sandbox_without_conditions_is_forwarded_as_sandbox_not_ready() {
         let desired = forwarded(&claim(Value::Null), &sandbox(Value::Null)).unwrap();
         let c = &desired.conditions[0];
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "SandboxNotReady"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "SandboxNotReady")
+        );
         assert_eq!(desired.sandbox.unwrap().name.as_deref(), Some("s"));
     }
 
     #[test]
     fn the_sandboxs_ready_is_forwarded_with_the_claims_generation_and_pod_ips() {
-        let sb = sandbox(json!({ "conditions": [ready("True", "DependenciesReady")], "podIPs": ["10.0.0.7"] }));
+        let sb = sandbox(
+            json!({ "conditions": [ready("True", "DependenciesReady")], "podIPs": ["10.0.0.7"] }),
+        );
         let desired = forwarded(&claim(Value::Null), &sb).unwrap();
         let c = &desired.conditions[0];
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "DependenciesReady"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "DependenciesReady")
+        );
         assert_eq!(c.observed_generation, Some(3));
         assert_eq!(desired.sandbox.unwrap().pod_ips, ["10.0.0.7"]);
     }
 
     #[test]
     fn a_claim_that_already_says_what_its_sandbox_says_is_not_written_again() {
-        let sb = sandbox(json!({ "conditions": [ready("True", "DependenciesReady")], "podIPs": ["10.0.0.7"] }));
+        let sb = sandbox(
+            json!({ "conditions": [ready("True", "DependenciesReady")], "podIPs": ["10.0.0.7"] }),
+        );
         let up_to_date = claim(json!({
             "conditions": [ready("True", "DependenciesReady")],
             "sandbox": { "name": "s", "podIPs": ["10.0.0.7"] },
@@ -328,11 +387,28 @@ mod tests {
     }
 
     #[test]
+    fn a_young_claim_waits_for_a_starting_member_and_an_older_one_starts_cold() {
+        assert!(adoption_pending(1, Duration::from_millis(300)));
+        assert!(
+            !adoption_pending(0, Duration::from_millis(300)),
+            "nothing to wait for"
+        );
+        assert!(
+            !adoption_pending(2, Duration::from_secs(3)),
+            "past the grace period"
+        );
+    }
+
+    #[test]
     fn the_lifecycle_is_read_typed() {
         let mut c = claim(Value::Null);
-        c.data["spec"]["lifecycle"] = json!({ "shutdownTime": "2030-01-01T00:00:00Z", "shutdownPolicy": "Delete" });
+        c.data["spec"]["lifecycle"] =
+            json!({ "shutdownTime": "2030-01-01T00:00:00Z", "shutdownPolicy": "Delete" });
         let l = lifecycle(&c).unwrap();
-        assert_eq!(l.shutdown_policy, Some(crate::types::ShutdownPolicy::Delete));
+        assert_eq!(
+            l.shutdown_policy,
+            Some(crate::types::ShutdownPolicy::Delete)
+        );
         assert!(l.shutdown_time.is_some());
         assert!(lifecycle(&claim(Value::Null)).is_none());
     }

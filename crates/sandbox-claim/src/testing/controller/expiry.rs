@@ -1,7 +1,17 @@
 //! Claim lifecycle expiry: `ClaimExpired` at `shutdownTime`, then what `shutdownPolicy` says.
 
 use super::*;
-use crate::types::ShutdownPolicy;
+use crate::types::{Lifecycle, ShutdownPolicy};
+
+/// How long until the claim's `shutdownTime` (`Duration::ZERO` once it passed), or `None`
+/// when the claim has no shutdown time and never expires.
+pub(super) fn until_shutdown(
+    lifecycle: Option<&Lifecycle>,
+    now: jiff::Timestamp,
+) -> Option<Duration> {
+    let at = lifecycle?.shutdown_time.as_ref()?.0;
+    Some(Duration::try_from(at.duration_since(now)).unwrap_or_default())
+}
 
 impl Shared {
     /// As upstream: set `ClaimExpired`, then delete per `shutdownPolicy` (`Delete`,
@@ -59,5 +69,42 @@ impl Shared {
                 self.set_claim_ready(claim, &ready, None).await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(secs).unwrap()
+    }
+
+    fn shutting_down_at(secs: i64) -> Lifecycle {
+        Lifecycle {
+            shutdown_time: Some(Time(at(secs))),
+            ..Lifecycle::default()
+        }
+    }
+
+    #[test]
+    fn a_claim_without_a_shutdown_time_never_expires() {
+        assert_eq!(until_shutdown(None, at(100)), None);
+        assert_eq!(until_shutdown(Some(&Lifecycle::default()), at(100)), None);
+    }
+
+    #[test]
+    fn a_claim_expires_at_its_shutdown_time_and_waits_until_then() {
+        let l = shutting_down_at(100);
+        assert_eq!(
+            until_shutdown(Some(&l), at(90)),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(until_shutdown(Some(&l), at(100)), Some(Duration::ZERO));
+        assert_eq!(
+            until_shutdown(Some(&l), at(500)),
+            Some(Duration::ZERO),
+            "long past"
+        );
     }
 }

@@ -32,7 +32,10 @@
 //! # What it implements
 //! Cold path (Sandbox named after the claim, owned by it), warm pools (keep `replicas`
 //! members owned by the pool; a claim adopts a Ready one, moving the ownerReference and
-//! stripping the pool label; the pool replenishes), `Ready` forwarding with pod IPs,
+//! stripping the pool label; the pool replenishes; a claim younger than 2 s waits for a
+//! member whose pod is still starting with `Ready=False AdoptionPending` rather than start
+//! cold, as upstream's `warmCandidateGracePeriod`), `Ready` forwarding with pod IPs,
+//! `PodFailed` when the pod runtime cannot start a pod,
 //! `WarmPoolNotFound` / `TemplateNotFound` (retried), forced failure reasons
 //! ([`SimulatedController::fail_next`]), claim lifecycle expiry (`Delete`,
 //! `DeleteForeground`, `Retain`), pod loss and recreation
@@ -218,7 +221,12 @@ struct Shared {
     /// Claim uids whose first reconcile happened (a forced reason is taken once per claim).
     seen_claims: Mutex<HashSet<String>>,
     /// Claim uid → the Sandbox it got, until the store shows it.
-    bound: Mutex<HashMap<String, String>>,
+    bound: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// Claim uid → the status this controller last wrote, so that a reconcile that reads a
+    /// claim from a store that has not caught up with that write does not write it again.
+    written_claims: Mutex<HashMap<String, SandboxClaimStatus>>,
+    /// Sandbox uids whose `Ready=True` this controller wrote (same reason).
+    written_ready: Mutex<HashSet<String>>,
     /// Sandbox uids handed to a claim, so that a store that lags never hands one out twice.
     adopted: Mutex<HashSet<String>>,
     /// Pool → names of members created but not yet seen in the store ("expectations").
@@ -337,7 +345,9 @@ fn is_ready(sandbox: &DynamicObject) -> bool {
 }
 
 /// The controller owner of `obj`, if any.
-fn controller_of(obj: &DynamicObject) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+fn controller_of(
+    obj: &DynamicObject,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
     obj.owner_references()
         .iter()
         .find(|o| o.controller == Some(true))
@@ -400,13 +410,10 @@ impl SimulatedController {
         resumed: bool,
     ) -> (Arc<Shared>, Vec<JoinHandle<()>>) {
         let res = &setup.res;
-        let sandbox_ctl = Controller::new_with(
-            res.api(&res.sandbox),
-            watch_config(),
-            res.sandbox.clone(),
-        )
-        .trigger_backoff(watch_backoff())
-        .with_config(Config::default().concurrency(SANDBOX_WORKERS));
+        let sandbox_ctl =
+            Controller::new_with(res.api(&res.sandbox), watch_config(), res.sandbox.clone())
+                .trigger_backoff(watch_backoff())
+                .with_config(Config::default().concurrency(SANDBOX_WORKERS));
         let pool_ctl = Controller::new_with(res.api(&res.pool), watch_config(), res.pool.clone());
         let pools = pool_ctl.store();
         let pools_for_mapper = pool_ctl.store();
@@ -420,10 +427,11 @@ impl SimulatedController {
             )
             .trigger_backoff(watch_backoff())
             .with_config(Config::default().concurrency(1));
-        let claim_ctl = Controller::new_with(res.api(&res.claim), watch_config(), res.claim.clone())
-            .owns_with(res.api(&res.sandbox), res.sandbox.clone(), watch_config())
-            .trigger_backoff(watch_backoff())
-            .with_config(Config::default().concurrency(CLAIM_WORKERS));
+        let claim_ctl =
+            Controller::new_with(res.api(&res.claim), watch_config(), res.claim.clone())
+                .owns_with(res.api(&res.sandbox), res.sandbox.clone(), watch_config())
+                .trigger_backoff(watch_backoff())
+                .with_config(Config::default().concurrency(CLAIM_WORKERS));
         let shared = Arc::new(Shared {
             res: res.clone(),
             resumed,
@@ -434,6 +442,8 @@ impl SimulatedController {
             forced_sandboxes: Mutex::new(HashMap::new()),
             seen_claims: Mutex::new(HashSet::new()),
             bound: Mutex::new(HashMap::new()),
+            written_claims: Mutex::new(HashMap::new()),
+            written_ready: Mutex::new(HashSet::new()),
             adopted: Mutex::new(HashSet::new()),
             expected: Mutex::new(HashMap::new()),
             gated: Mutex::new(HashSet::new()),
@@ -447,7 +457,8 @@ impl SimulatedController {
             replace_lock: tokio::sync::Mutex::new(()),
             counter: std::sync::atomic::AtomicU64::new(0),
         });
-        let drain = |s: futures::stream::BoxStream<'static, ()>| tokio::spawn(s.for_each(|()| async {}));
+        let drain =
+            |s: futures::stream::BoxStream<'static, ()>| tokio::spawn(s.for_each(|()| async {}));
         let claims_task = drain(
             claim_ctl
                 .run(
@@ -651,9 +662,8 @@ impl Shared {
 
     /// The Sandbox of that name in the store.
     fn stored_sandbox(&self, name: &str) -> Option<Arc<DynamicObject>> {
-        self.sandboxes.get(
-            &ObjectRef::new_with(name, self.res.sandbox.clone()).within(&self.res.namespace),
-        )
+        self.sandboxes
+            .get(&ObjectRef::new_with(name, self.res.sandbox.clone()).within(&self.res.namespace))
     }
 
     /// The pool of that name in the store.
@@ -732,6 +742,16 @@ impl Shared {
             conditions: vec![ready.clone()],
             sandbox,
         };
+        let uid = claim.uid().unwrap_or_default();
+        let same = |a: &SandboxClaimStatus| {
+            a.sandbox == status.sandbox
+                && a.conditions
+                    .first()
+                    .is_some_and(|c| same_condition(c, ready))
+        };
+        if lock(&self.written_claims).get(&uid).is_some_and(same) {
+            return Ok(());
+        }
         let mut value = serde_json::to_value(&status).map_err(|source| ReconcileError::Build {
             what: "claim status",
             source,
@@ -745,7 +765,11 @@ impl Shared {
         match self.patch_claim_status(&claim.name_any(), value).await {
             // The claim went away meanwhile: nothing left to report to.
             Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
-            r => r.map_err(step("write claim status")),
+            Ok(()) => {
+                lock(&self.written_claims).insert(uid, status);
+                Ok(())
+            }
+            Err(e) => Err(step("write claim status")(e)),
         }
     }
 
@@ -769,7 +793,8 @@ mod tests {
     fn api_error(code: u16, retry_after: u32) -> ReconcileError {
         let mut status = kube::core::Status::failure("x", "y").with_code(code);
         if retry_after > 0 {
-            status.details = serde_json::from_value(json!({ "retryAfterSeconds": retry_after })).ok();
+            status.details =
+                serde_json::from_value(json!({ "retryAfterSeconds": retry_after })).ok();
         }
         ReconcileError::Api {
             step: "test",

@@ -192,6 +192,8 @@ impl Shared {
             ..ready.clone()
         };
         let name = claim.name_any();
+        // Written here, not through `set_claim_ready`: what it remembers no longer holds.
+        lock(&self.written_claims).remove(&claim.uid().unwrap_or_default());
         match self
             .patch_claim_status(
                 &name,

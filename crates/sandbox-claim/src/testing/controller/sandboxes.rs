@@ -20,7 +20,10 @@ pub(super) enum Bring {
 /// Judges a (non-deleting) Sandbox: `known` is whether this controller runs its pod.
 pub(super) fn judge(status: &v1beta1::SandboxStatus, known: bool) -> Bring {
     let ready = ready_condition(&status.conditions);
-    let ip = status.pod_ips.iter().find_map(|ip| ip.parse::<IpAddr>().ok());
+    let ip = status
+        .pod_ips
+        .iter()
+        .find_map(|ip| ip.parse::<IpAddr>().ok());
     match (ready, ip) {
         (Some(c), Some(_)) if c.status == "True" && known => Bring::Nothing,
         (Some(c), Some(ip)) if c.status == "True" => Bring::TakeOver(ip),
@@ -55,8 +58,11 @@ impl Shared {
             .filter(|e| e.sandbox_uid == uid)
             .map(|e| e.pod.clone());
         let status = sandbox_status(sandbox);
+        // Our own Ready write that the store has not caught up with is no reason to write again.
+        let written = known.is_some() && lock(&self.written_ready).contains(&uid);
         match judge(&status, known.is_some()) {
             Bring::Nothing => Ok(Action::await_change()),
+            Bring::Up if written => Ok(Action::await_change()),
             Bring::TakeOver(ip) => {
                 let pod = PodStarted {
                     ip,
@@ -197,7 +203,9 @@ impl Shared {
         }
         let forced = lock(&self.forced_sandboxes).get(&name).cloned();
         let status = match &forced {
-            Some(f) => json!({ "conditions": [condition("Ready", false, &f.reason, &f.message, generation)] }),
+            Some(f) => {
+                json!({ "conditions": [condition("Ready", false, &f.reason, &f.message, generation)] })
+            }
             None => json!({
                 "conditions": [condition("Ready", true, "DependenciesReady", "Pod is Ready; Service Exists", generation)],
                 "podIPs": [pod.ip.to_string()],
@@ -211,6 +219,8 @@ impl Shared {
         }
         if forced.is_some() {
             lock(&self.forced_sandboxes).remove(&name);
+        } else {
+            lock(&self.written_ready).insert(uid);
         }
         Ok(Action::await_change())
     }
@@ -364,7 +374,11 @@ impl Shared {
             let n = self
                 .counter
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let suffix = &name_hash(&format!("{g}{n}{}{}", template.name_any(), jiff::Timestamp::now()))[..5];
+            let suffix = &name_hash(&format!(
+                "{g}{n}{}{}",
+                template.name_any(),
+                jiff::Timestamp::now()
+            ))[..5];
             metadata["name"] = json!(format!("{g}-{suffix}"));
         }
         json!({
@@ -376,12 +390,20 @@ impl Shared {
     }
 
     /// Creates a Sandbox; one that exists already (a create whose answer was lost) is read.
-    pub(super) async fn create_sandbox(&self, body: Value) -> Result<DynamicObject, ReconcileError> {
-        let obj: DynamicObject = serde_json::from_value(body).map_err(|source| ReconcileError::Build {
-            what: "Sandbox",
-            source,
-        })?;
-        match self.sandboxes_api().create(&PostParams::default(), &obj).await {
+    pub(super) async fn create_sandbox(
+        &self,
+        body: Value,
+    ) -> Result<DynamicObject, ReconcileError> {
+        let obj: DynamicObject =
+            serde_json::from_value(body).map_err(|source| ReconcileError::Build {
+                what: "Sandbox",
+                source,
+            })?;
+        match self
+            .sandboxes_api()
+            .create(&PostParams::default(), &obj)
+            .await
+        {
             Ok(s) => Ok(s),
             Err(kube::Error::Api(s)) if s.is_already_exists() => self
                 .sandboxes_api()
@@ -439,7 +461,11 @@ mod tests {
         assert_eq!(judge(&status(None, &[]), false), Bring::Up);
         let pending = status(Some(("False", "DependenciesNotReady")), &[]);
         assert_eq!(judge(&pending, false), Bring::Up);
-        assert_eq!(judge(&pending, true), Bring::Up, "a started pod still needs Ready");
+        assert_eq!(
+            judge(&pending, true),
+            Bring::Up,
+            "a started pod still needs Ready"
+        );
     }
 
     #[test]
@@ -454,7 +480,12 @@ mod tests {
 
     #[test]
     fn a_sandbox_that_failed_for_good_is_not_started_again() {
-        for reason in ["PodFailed", "PodSucceeded", "InvalidConfiguration", "SandboxExpired"] {
+        for reason in [
+            "PodFailed",
+            "PodSucceeded",
+            "InvalidConfiguration",
+            "SandboxExpired",
+        ] {
             let failed = status(Some(("False", reason)), &[]);
             assert_eq!(judge(&failed, false), Bring::Nothing, "{reason}");
         }

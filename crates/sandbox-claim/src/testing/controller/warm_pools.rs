@@ -20,7 +20,11 @@ fn replicas_of(pool: &DynamicObject) -> usize {
 /// Whether `sandbox` is a (non-deleting) member of the pool whose name hashes to `hash`.
 fn is_member(sandbox: &DynamicObject, hash: &str) -> bool {
     sandbox.metadata.deletion_timestamp.is_none()
-        && sandbox.labels().get(labels::WARM_POOL_SANDBOX).map(String::as_str) == Some(hash)
+        && sandbox
+            .labels()
+            .get(labels::WARM_POOL_SANDBOX)
+            .map(String::as_str)
+            == Some(hash)
 }
 
 /// The pools a Sandbox event concerns: the pool that owns it, or, for a sandbox adopted from
@@ -38,10 +42,18 @@ pub(super) fn pools_of(
             .into_iter()
             .collect();
     }
-    if sandbox.labels().get(labels::LAUNCH_TYPE).map(String::as_str) != Some("warm") {
+    if sandbox
+        .labels()
+        .get(labels::LAUNCH_TYPE)
+        .map(String::as_str)
+        != Some("warm")
+    {
         return Vec::new();
     }
-    let hash = sandbox.labels().get(labels::SANDBOX_TEMPLATE_REF_HASH).cloned();
+    let hash = sandbox
+        .labels()
+        .get(labels::SANDBOX_TEMPLATE_REF_HASH)
+        .cloned();
     pools
         .state()
         .into_iter()
@@ -75,7 +87,12 @@ impl Shared {
             let mut expected = lock(&self.expected);
             let pending = expected.entry(pool_name.clone()).or_default();
             // Seen in the store (or already adopted out of it): no longer merely expected.
-            let all: HashSet<String> = self.sandboxes.state().iter().map(|s| s.name_any()).collect();
+            let all: HashSet<String> = self
+                .sandboxes
+                .state()
+                .iter()
+                .map(|s| s.name_any())
+                .collect();
             pending.retain(|n| !all.contains(n));
             members.len() + pending.len()
         };
@@ -116,6 +133,27 @@ impl Shared {
                 .insert(created.name_any());
         }
         Ok(Action::requeue(POOL_RESYNC))
+    }
+
+    /// Members of `pool` whose pod is still starting (not Ready, not failed for good, not
+    /// being replaced).
+    pub(super) fn starting_members(&self, pool: &str) -> usize {
+        let hash = name_hash(pool);
+        let replacing = lock(&self.replacing);
+        let failed = |s: &DynamicObject| {
+            ready_condition(&sandbox_status(s).conditions).is_some_and(|c| {
+                c.status == "False"
+                    && crate::reason::classify(&c.reason) == crate::reason::ReasonClass::Terminal
+            })
+        };
+        self.sandboxes
+            .state_filter(|s| {
+                is_member(s, &hash)
+                    && !is_ready(s)
+                    && !failed(s)
+                    && !replacing.contains(&s.name_any())
+            })
+            .len()
     }
 
     /// Adopts a Ready pool member: the claim becomes its controller owner and the pool label
