@@ -95,3 +95,38 @@ fn private_dir(root: &Path) -> anyhow::Result<PathBuf> {
         .join("checkouts")
         .join(&hex::encode(digest)[..16]))
 }
+
+/// Builds the reference agent and the `pipeline` package's binaries (optimized when
+/// `release`), and the agent's image when `with_image` (the Docker pod runtime runs it), then
+/// runs binary `name` with `args` from the workspace root, the agent's binary and image named
+/// in its environment. Returns its exit status, so that a child's own code (130 on Ctrl-C)
+/// can become the task's.
+///
+/// # Errors
+/// When a build fails or the binary cannot be started.
+pub fn run_pipeline_bin(
+    name: &str,
+    release: bool,
+    with_image: bool,
+    args: &[String],
+) -> anyhow::Result<std::process::ExitStatus> {
+    let built = build_bins(&[AGENT_PACKAGE, "pipeline"], release)
+        .with_context(|| format!("building the reference agent and {name}"))?;
+    let binary = built.get(name)?;
+    if with_image {
+        crate::image::Image {
+            no_load: false,
+            ..crate::image::Image::for_tag(crate::image::DEFAULT_TAG)
+        }
+        .run()
+        .context("building the agent's image for the Docker runtime")?;
+    }
+    Ok(duct::cmd(binary, args)
+        .dir(super::workspace_root())
+        .env(AGENT_BIN_ENV, built.get(AGENT_PACKAGE)?)
+        .env(AGENT_IMAGE_ENV, crate::image::DEFAULT_TAG)
+        .unchecked()
+        .run()
+        .with_context(|| format!("running {}", binary.display()))?
+        .status)
+}

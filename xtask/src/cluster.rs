@@ -2,10 +2,7 @@
 //! agent-sandbox cluster for kubectl and the official SDKs until Ctrl-C (see
 //! `tests/src/bin/fake-cluster.rs`).
 
-use anyhow::Context as _;
-use duct::cmd;
-
-use crate::{artifacts, image};
+use crate::artifacts;
 
 /// What the cluster's pods are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -45,10 +42,6 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn run(self) -> anyhow::Result<()> {
-        let root = super::workspace_root();
-        let built = artifacts::build_bins(&[artifacts::AGENT_PACKAGE, "pipeline"], self.release)
-            .context("building the reference agent and fake-cluster")?;
-        let binary = built.get("fake-cluster")?;
         let mut args = self.args;
         if !args
             .iter()
@@ -57,26 +50,9 @@ impl Cluster {
             let path = super::target_dir()?.join("fake-cluster").join("kubeconfig");
             args.extend(["--kubeconfig".to_owned(), path.display().to_string()]);
         }
-        if self.runtime == Runtime::Docker {
-            image::Image {
-                no_load: false,
-                ..image::Image::for_tag(image::DEFAULT_TAG)
-            }
-            .run()
-            .context("building the agent's image for the Docker runtime")?;
-        }
         args.extend(["--runtime".to_owned(), self.runtime.flag().to_owned()]);
-        let status = cmd(binary, &args)
-            .dir(&root)
-            .env(
-                artifacts::AGENT_BIN_ENV,
-                built.get(artifacts::AGENT_PACKAGE)?,
-            )
-            .env(artifacts::AGENT_IMAGE_ENV, image::DEFAULT_TAG)
-            .unchecked()
-            .run()
-            .with_context(|| format!("running {}", binary.display()))?
-            .status;
+        let docker = self.runtime == Runtime::Docker;
+        let status = artifacts::run_pipeline_bin("fake-cluster", self.release, docker, &args)?;
         anyhow::ensure!(status.success(), "fake-cluster failed ({status})");
         Ok(())
     }

@@ -1,10 +1,7 @@
 //! `cargo xtask demo`: the main job. Builds the reference agent and the demo,
 //! then runs one scripted conversation (see `tests/src/bin/demo.rs`).
 
-use anyhow::Context as _;
-use duct::cmd;
-
-use crate::{artifacts, image};
+use crate::artifacts;
 
 /// What the embedded cluster's pods are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -31,32 +28,13 @@ pub struct Demo {
 
 impl Demo {
     pub fn run(self) -> anyhow::Result<()> {
-        let root = super::workspace_root();
-        let built = artifacts::build_bins(&[artifacts::AGENT_PACKAGE, "pipeline"], self.release)
-            .context("building the reference agent and the demo")?;
-        let demo = built.get("demo")?;
         let mut args = self.args;
-        if self.runtime == Runtime::Docker {
-            image::Image {
-                no_load: false,
-                ..image::Image::for_tag(image::DEFAULT_TAG)
-            }
-            .run()
-            .context("building the agent's image for the Docker runtime")?;
+        let docker = self.runtime == Runtime::Docker;
+        if docker {
             args.extend(["--runtime".to_owned(), "docker".to_owned()]);
         }
         // The demo's own exit status (130 on Ctrl-C) becomes ours.
-        let status = cmd(demo, &args)
-            .dir(&root)
-            .env(
-                artifacts::AGENT_BIN_ENV,
-                built.get(artifacts::AGENT_PACKAGE)?,
-            )
-            .env(artifacts::AGENT_IMAGE_ENV, image::DEFAULT_TAG)
-            .unchecked()
-            .run()
-            .with_context(|| format!("running {}", demo.display()))?
-            .status;
+        let status = artifacts::run_pipeline_bin("demo", self.release, docker, &args)?;
         anyhow::ensure!(status.success(), "the demo failed ({status})");
         Ok(())
     }
