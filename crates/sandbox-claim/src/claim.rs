@@ -511,7 +511,6 @@ impl Claims {
                 self.options.keep_waiting_on_not_found,
                 policy,
             )
-            .instrument(tracing::info_span!("wait_ready", claim = %name))
             .await
             {
                 Ok(ready) => ready,
