@@ -1,10 +1,9 @@
-//! The backend's half of an execution's trace, exported over OTLP to an in-process collector
-//! on both AXP protocols: the caller's span (as AX's controller would hold it) → the
-//! backend's execution → acquire (create, wait), connect, stream; and the trace context the
-//! backend records on the claim it creates. `observability_agents.rs` follows the trace into
-//! the agent processes.
+//! One trace per execution across processes: the caller's span (as AX's controller would
+//! hold it) → the backend's execution → the agent process's server span → its Python run,
+//! all exported over OTLP to an in-process collector, on both AXP protocols. Runs on local
+//! agent processes (the spans of containers would need the collector on their network).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use agent_sandbox_backend::{AgentSandboxAgent, Registry, TRACE_CONTEXT_ANNOTATION};
 use axp_transport::{content, telemetry::OtlpExport, trace_context};
@@ -29,14 +28,17 @@ fn remote_parent(trace_id: &str) -> tonic::metadata::MetadataMap {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_execution_is_one_backend_trace_under_the_callers_span_and_its_claim_records_it() {
+async fn one_execution_is_one_trace_from_the_callers_span_to_the_python_run_on_both_protocols() {
     let collector = Collector::start().await.unwrap();
     let export = OtlpExport::to_endpoint(&collector.endpoint(), "ax-controller").unwrap();
     tracing_subscriber::registry()
         .with(export.layer())
         .try_init()
         .expect("the only subscriber of this test binary");
-    let runtime = LocalAgentRuntime::with_binary(agent_binary(), Vec::<String>::new());
+    let runtime = LocalAgentRuntime::with_binary(agent_binary(), Vec::<String>::new())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint())
+        // Export each batch within 50 ms rather than the default 5 s.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50");
     let pipeline = Pipeline::start_with_pods(
         Pods::Local(Arc::new(runtime)),
         FakeClusterOptions::default(),
@@ -46,10 +48,14 @@ async fn an_execution_is_one_backend_trace_under_the_callers_span_and_its_claim_
     .unwrap();
 
     let cases = [
-        ("axp", "4bf92f3577b34da6a3ce929d0e0e4736"),
-        ("harness", "0af7651916cd43dd8448eb211c80319c"),
+        ("axp", "4bf92f3577b34da6a3ce929d0e0e4736", "axp.connect"),
+        (
+            "harness",
+            "0af7651916cd43dd8448eb211c80319c",
+            "harness.connect",
+        ),
     ];
-    for (protocol, trace_id) in cases {
+    for (protocol, trace_id, server_span) in cases {
         let yaml = pipeline
             .ax_yaml("")
             .replace("protocol: axp", &format!("protocol: {protocol}"));
@@ -101,12 +107,24 @@ async fn an_execution_is_one_backend_trace_under_the_callers_span_and_its_claim_
                 .is_some_and(|tp| tp.starts_with(&format!("00-{trace_id}-"))),
             "{recorded}"
         );
-        backend.release(&conversation).await.unwrap();
-
+        // Our spans are sent at once; the agent's within its batch delay.
         let flushing = export.clone();
         tokio::task::spawn_blocking(move || flushing.flush())
             .await
             .unwrap();
+        // A bound on waiting (a loaded machine may take a while), not a speed check.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !collector
+            .trace(trace_id)
+            .iter()
+            .any(|s| s.name == "python.run")
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Released only now: the local runtime stops a released sandbox's agent with SIGKILL,
+        // which would lose the spans still in its batch (a pod's SIGTERM flushes them).
+        backend.release(&conversation).await.unwrap();
         let spans = collector.trace(trace_id);
         println!("{protocol}: trace {trace_id}\n{}", render_tree(&spans));
 
@@ -132,6 +150,28 @@ async fn an_execution_is_one_backend_trace_under_the_callers_span_and_its_claim_
         let connect = one(&spans, "connect");
         assert_eq!(connect.parent_span_id, execution.span_id);
         assert_eq!(one(&spans, "stream").parent_span_id, execution.span_id);
+
+        // Across the process boundary: the agent's span continues the call's.
+        let server = one(&spans, server_span);
+        assert_eq!(server.service, "python-sandbox-agent");
+        assert_eq!(server.parent_span_id, connect.span_id);
+        assert_eq!(
+            server.attribute("conversation_id"),
+            Some(conversation.as_str())
+        );
+        assert_eq!(
+            one(&spans, "worker.dispatch").parent_span_id,
+            server.span_id
+        );
+        let run = one(&spans, "python.run");
+        assert_eq!(run.parent_span_id, server.span_id);
+        assert_eq!(run.service, "python-sandbox-agent");
+        assert_eq!(
+            run.attribute("conversation_id"),
+            Some(conversation.as_str())
+        );
+        assert_eq!(run.attribute("outcome"), Some("completed"));
+        assert!(run.attribute("exec_id").is_some_and(|id| !id.is_empty()));
     }
     pipeline.runtime.shutdown().await;
     export.shutdown();

@@ -135,14 +135,6 @@ impl OtlpExport {
             .with_filter(LevelFilter::INFO)
     }
 
-    /// [`OtlpExport::layer`] without its level filter, for a subscriber that filters globally.
-    pub fn unfiltered_layer<S>(&self) -> impl Layer<S> + use<S>
-    where
-        S: tracing::Subscriber + for<'span> LookupSpan<'span>,
-    {
-        tracing_opentelemetry::layer().with_tracer(self.tracer.clone())
-    }
-
     /// Sends every span that has ended so far; blocks until the collector answered.
     pub fn flush(&self) {
         if let Err(error) = self.provider.force_flush() {

@@ -69,9 +69,6 @@ pub fn continue_trace(span: &tracing::Span, metadata: &MetadataMap) {
     if context.span().span_context().is_valid() {
         // Fails only without an OpenTelemetry layer, where there is no trace to join.
         let _ = span.set_parent(context);
-        // Start the OpenTelemetry span now, under that parent, rather than at its first use:
-        // the execution's child spans and its log lines then all see the caller's trace.
-        let _ = span.context();
     }
 }
 

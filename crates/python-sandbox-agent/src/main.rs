@@ -79,25 +79,13 @@ fn main() -> ExitCode {
 }
 
 /// Logs on stderr, filtered by `RUST_LOG` (default `info`), coloured only on a terminal; plus span export
-/// when `export` is given. With export on, this agent's own spans (targets `axp_transport` and
-/// `python_sandbox_agent`) stay on at INFO whatever `RUST_LOG` says, so that `RUST_LOG=warn` does not empty the
-/// traces; the log lines still follow `RUST_LOG`.
+/// when `export` is given (its own level filter, so `RUST_LOG=warn` does not empty the traces).
 fn logging(
     format: LogFormat,
     export: Option<&OtlpExport>,
 ) -> impl tracing::Subscriber + Send + Sync {
-    let from_env = || {
-        tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-    };
-    let mut enabled = from_env();
-    if export.is_some() {
-        for directive in ["axp_transport=info", "python_sandbox_agent=info"] {
-            if let Ok(directive) = directive.parse() {
-                enabled = enabled.add_directive(directive);
-            }
-        }
-    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
@@ -106,9 +94,8 @@ fn logging(
         LogFormat::Json => fmt.json().boxed(),
     };
     tracing_subscriber::registry()
-        .with(enabled)
-        .with(export.map(OtlpExport::unfiltered_layer))
-        .with(fmt.with_filter(from_env()))
+        .with(export.map(OtlpExport::layer))
+        .with(fmt.with_filter(filter))
 }
 
 async fn serve(cli: Cli, containment: Containment) -> anyhow::Result<()> {
