@@ -36,6 +36,7 @@ use python_sandbox_agent::LocalAgent;
 
 pub mod calls;
 pub mod docker;
+pub mod otlp;
 pub mod reach;
 use sandbox_claim::testing::{PodRequest, PodRuntime, PodRuntimeError, PodStarted};
 
@@ -76,6 +77,7 @@ pub fn agent_binary() -> PathBuf {
 pub struct LocalAgentRuntime {
     binary: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     pods: Mutex<HashMap<(String, String), LocalAgent>>,
     started: AtomicU32,
 }
@@ -91,9 +93,17 @@ impl LocalAgentRuntime {
         Self {
             binary,
             args: args.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
             pods: Mutex::new(HashMap::new()),
             started: AtomicU32::new(0),
         }
+    }
+
+    /// Also sets `key=value` in every agent's environment (`OTEL_EXPORTER_OTLP_ENDPOINT`, say).
+    #[must_use]
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     /// Agent processes running now.
@@ -159,7 +169,8 @@ impl LocalAgentRuntime {
                 .arg(listen.to_string())
                 .args(&self.args)
                 .stderr(Stdio::null())
-                .env("RUST_LOG", "warn");
+                .env("RUST_LOG", "warn")
+                .envs(self.env.iter().map(|(k, v)| (k, v)));
             // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
             // An agent must not outlive the test or demo that started it, even
             // when that process is killed before it can clean up.

@@ -550,7 +550,6 @@ impl Claims {
                 .with_source(&api, async |source| {
                     wait_ready(source, &observed, deadline, keep_waiting, policy).await
                 })
-                .instrument(tracing::info_span!("wait_ready", claim = %name))
                 .await;
             let ready = match waited {
                 Ok(ready) => ready,

@@ -99,12 +99,29 @@ const TURN_TWO: &str = "```python\nprint(f\"largest: {primes[-1]}, total from tu
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+    use tracing_subscriber::{Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+    // Spans go to a collector when OTEL_EXPORTER_OTLP_ENDPOINT names one (docs/observability.md).
+    let export = axp_transport::telemetry::OtlpExport::from_env("agent-sandbox-demo")?;
+    tracing_subscriber::registry()
+        .with(export.as_ref().map(|export| export.layer()))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "warn".into()),
+                ),
         )
-        .with_writer(std::io::stderr)
         .init();
+    let result = run_demo(cli).await;
+    if let Some(export) = export {
+        tokio::task::spawn_blocking(move || export.shutdown()).await?;
+    }
+    result
+}
+
+async fn run_demo(cli: Cli) -> anyhow::Result<()> {
     // One listener for Ctrl-C, read by each phase: while starting, `run` stops
     // (dropping the fake cluster kills every agent process or container); during the
     // conversation, it stops the conversation and still releases the claim.
@@ -185,8 +202,15 @@ async fn run(cli: Cli, interrupted: tokio::sync::watch::Receiver<bool>) -> anyho
         connection.yaml()
     );
     let registry = Registry::from_yaml(&yaml)?;
-    let agent =
-        AgentSandboxAgent::from_config(kube, registry.get("py").expect("registered above")).await?;
+    let metrics = agent_sandbox_backend::BackendMetrics::default();
+    let mut metrics_registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut metrics_registry);
+    let agent = AgentSandboxAgent::from_config_with_metrics(
+        kube,
+        registry.get("py").expect("registered above"),
+        metrics,
+    )
+    .await?;
     step(
         &clock,
         &format!(
@@ -203,6 +227,16 @@ async fn run(cli: Cli, interrupted: tokio::sync::watch::Receiver<bool>) -> anyho
 
     step(&clock, "releasing the conversation's sandbox");
     agent.close().await.context("releasing the sandbox")?;
+    step(
+        &clock,
+        "the backend's metrics (what a controller would serve):",
+    );
+    let text = axp_transport::metrics_http::render(&metrics_registry)?;
+    for line in text.lines().filter(|l| {
+        !l.starts_with('#') && !l.contains("_bucket{") && !l.ends_with(" 0") && !l.ends_with(" 0.0")
+    }) {
+        println!("    {line}");
+    }
     if let Some(pipeline) = embedded {
         // The controller stops the released sandbox's pod right after the claim goes.
         let pool = usize::try_from(cli.replicas).unwrap_or(0);
