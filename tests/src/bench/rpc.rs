@@ -54,14 +54,18 @@ async fn agent_call(
         .await?
         .into_inner();
     let mut messages = Vec::new();
+    let mut ended = false;
+    // Read to the trailers: a stream dropped early is reset, and h2 closes a connection
+    // after a thousand resets.
     while let Some(frame) = stream.next().await {
         match frame?.r#type {
             Some(agent_response::Type::Outputs(o)) => messages.extend(o.messages),
-            Some(agent_response::Type::End(_)) => return Ok(messages),
+            Some(agent_response::Type::End(_)) => ended = true,
             None => {}
         }
     }
-    anyhow::bail!("the stream ended without `end`")
+    anyhow::ensure!(ended, "the stream ended without `end`");
+    Ok(messages)
 }
 
 /// One HarnessService execution to its `end`. The request stream stays open until then,
@@ -79,17 +83,27 @@ async fn harness_call(
             messages: vec![content::user_text(code)],
         })),
     };
-    let requests = futures::stream::iter([start]).chain(futures::stream::pending());
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(start).await?;
+    let mut tx = Some(tx);
+    let requests = tokio_stream::wrappers::ReceiverStream::new(rx);
     let mut stream = client.connect(requests).await?.into_inner();
     let mut messages = Vec::new();
+    let mut ended = false;
     while let Some(frame) = stream.next().await {
         match frame?.r#type {
             Some(harness_response::Type::Outputs(o)) => messages.extend(o.messages),
-            Some(harness_response::Type::End(_)) => return Ok(messages),
+            Some(harness_response::Type::End(_)) => {
+                ended = true;
+                // Half-close our side, then read to the trailers (no reset on either side).
+                tx = None;
+            }
             None => {}
         }
     }
-    anyhow::bail!("the stream ended without `end`")
+    drop(tx);
+    anyhow::ensure!(ended, "the stream ended without `end`");
+    Ok(messages)
 }
 
 fn says_42(messages: &[Message]) -> anyhow::Result<()> {
