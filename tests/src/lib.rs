@@ -34,6 +34,7 @@ use axp_transport::{AxpClient, ClientOptions, DEFAULT_PORT, client::WaitOptions}
 use futures::future::BoxFuture;
 use python_sandbox_agent::LocalAgent;
 
+pub mod bench;
 pub mod calls;
 pub mod docker;
 pub mod otlp;

@@ -8,10 +8,14 @@ use duct::cmd;
 
 use crate::artifacts;
 
-/// Build optimized binaries and run the benchmark suite (`tests/src/bin/bench.rs`).
+/// Build optimized binaries and run the benchmark suite (`tests/src/bin/bench.rs`): the
+/// reference agent beside the transport floor and a grpcio peer it starts itself (the
+/// peer's venv is made under `target/bench-python` the first time, from PyPI), first-output
+/// latency, memory, readiness and a thousand claims at once on the fake cluster.
 #[derive(clap::Args)]
 pub struct Bench {
-    /// Flags for the suite: `--iterations N --spawns N --claims N --json PATH`.
+    /// Flags for the suite: `--quick` (under a minute), `--json PATH`, `--markdown PATH`,
+    /// `--iterations N`, `--conversations N`, `--no-scale`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
 }

@@ -1,175 +1,97 @@
-//! `bench`: the speed and memory figures, measured side by side on this
-//! machine. Run it through `cargo xtask bench` (release build).
+//! `bench`: the speed and memory figures, measured side by side on this machine. Run it
+//! through `cargo xtask bench` (release build); `--quick` finishes in under a minute.
 //!
-//! Every comparison runs its two sides in the same process, one after the
-//! other, so that the ratio means something on a shared, noisy machine.
+//! Every comparison runs its sides in the same process, one after the other, against
+//! peers the bench starts itself (the transport floor, the grpcio peer), so that the
+//! ratios mean something on a shared, noisy machine. The pieces are in `pipeline::bench`.
 
-use std::{
-    path::Path,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use axp_transport::{AxpClient, ClientOptions, pb::AgentStart};
 use clap::Parser;
-use python_sandbox_agent::LocalAgent;
-use sandbox_claim::{
-    ClaimOptions, Claims,
-    testing::{FakeCluster, FakeClusterOptions, LoopbackRuntime, ReadyMode, Verb},
+use pipeline::bench::{
+    claims, floor, python,
+    report::{Report, Series, Verdict, human},
+    rpc,
 };
+use python_sandbox_agent::LocalAgent;
+use sandbox_claim::WatchMode;
 use serde_json::json;
-use tokio::process::Command;
 
 #[derive(Parser)]
-#[command(about = "Measure AXP, agent and claim-lifecycle speed and memory")]
+#[command(about = "Measure AXP, agent and claim-lifecycle speed and memory beside peers")]
 struct Cli {
-    /// Round trips per AXP measurement.
-    #[arg(long, default_value_t = 2000)]
-    iterations: usize,
-    /// Processes spawned for the `python3 -c` baseline.
-    #[arg(long, default_value_t = 40)]
-    spawns: usize,
-    /// Claims per claim-lifecycle measurement.
-    #[arg(long, default_value_t = 40)]
-    claims: usize,
-    /// Write the figures as JSON here too.
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    /// Fewer samples and 100 conversations instead of 1,000: under a minute.
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    quick: bool,
+    /// Round trips per AXP series (default 2000, quick 300).
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// Conversations at once in the scale runs (default 1000, quick 100).
+    #[arg(long)]
+    conversations: Option<usize>,
+    /// Skip the scale runs.
+    #[arg(long)]
+    no_scale: bool,
+    /// Write the figures (and the table) as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the table as Markdown here too (what the README quotes).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
 }
 
-/// Latency figures of one series, in microseconds.
-struct Series {
-    name: &'static str,
-    samples: Vec<Duration>,
+#[derive(clap::Subcommand)]
+enum Mode {
+    /// The backend side of a scale run (started by the bench itself).
+    #[command(hide = true)]
+    ScaleClient(claims::ClientArgs),
 }
 
-impl Series {
-    fn percentile(&self, p: f64) -> Duration {
-        let mut sorted = self.samples.clone();
-        sorted.sort();
-        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-        sorted[index]
-    }
+/// How much of everything a run measures.
+struct Sizes {
+    iterations: usize,
+    spawns: usize,
+    first_outputs: usize,
+    executions: usize,
+    readiness: usize,
+    conversations: usize,
+}
 
-    fn median(&self) -> Duration {
-        self.percentile(0.5)
-    }
-
-    fn print(&self) {
-        println!(
-            "  {:<44} n={:<5} p50 {:>9.1} µs   p90 {:>9.1} µs   p99 {:>9.1} µs",
-            self.name,
-            self.samples.len(),
-            micros(self.median()),
-            micros(self.percentile(0.9)),
-            micros(self.percentile(0.99)),
-        );
-    }
-
-    fn json(&self) -> serde_json::Value {
-        json!({
-            "n": self.samples.len(),
-            "p50_us": micros(self.median()),
-            "p90_us": micros(self.percentile(0.9)),
-            "p99_us": micros(self.percentile(0.99)),
-        })
+impl Sizes {
+    fn of(cli: &Cli) -> Self {
+        let (iterations, spawns, first_outputs, executions, readiness, conversations) = if cli.quick
+        {
+            (300, 10, 20, 200, 20, 100)
+        } else {
+            (2000, 40, 100, 1000, 100, 1000)
+        };
+        Self {
+            iterations: cli.iterations.unwrap_or(iterations),
+            spawns,
+            first_outputs,
+            executions,
+            readiness,
+            conversations: cli.conversations.unwrap_or(conversations),
+        }
     }
 }
 
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn start(code: &str) -> AgentStart {
-    AgentStart {
-        subagent_prompt: code.into(),
-        ..AgentStart::default()
-    }
-}
-
-// One thread, as a latency-sensitive client would run its hot path: on two
-// cores, cross-thread wake-ups of a multi-threaded runtime cost more than the
-// work being measured.
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let binary = pipeline::agent_binary();
-    anyhow::ensure!(
-        binary.exists(),
-        "build the agent first: {} is missing",
-        binary.display()
-    );
-    println!("python-sandbox-agent: {}", binary.display());
-    let mut report = serde_json::Map::new();
-
-    println!("\n1. One trivial execution, print(7*6), end to end");
-    let axp = axp_round_trip(&binary, cli.iterations).await?;
-    let harness = harness_round_trip(&binary, cli.iterations).await?;
-    let dial = dial_per_call(&binary, cli.iterations / 10).await?;
-    let spawn = python_c(cli.spawns).await?;
-    for series in [&axp, &harness, &dial, &spawn] {
-        series.print();
+    if let Some(Mode::ScaleClient(args)) = cli.mode {
+        // The backend as a controller runs it: a multi-threaded runtime.
+        return tokio::runtime::Runtime::new()?.block_on(claims::client(args));
     }
-    let vs_spawn = micros(spawn.median()) / micros(axp.median());
-    let vs_dial = micros(dial.median()) / micros(axp.median());
-    println!(
-        "  → embedded agent over one channel is {vs_spawn:.1}× faster than a python3 -c process per request"
-    );
-    println!(
-        "  → reusing the HTTP/2 channel is {vs_dial:.1}× faster than dialling per call (AX's Go client)"
-    );
-    report.insert("axp_round_trip".into(), axp.json());
-    report.insert("harness_round_trip".into(), harness.json());
-    report.insert("axp_dial_per_call".into(), dial.json());
-    report.insert("python3_c_per_request".into(), spawn.json());
-    report.insert("speedup_vs_python3_c".into(), json!(vs_spawn));
-    report.insert("speedup_vs_dial_per_call".into(), json!(vs_dial));
-
-    println!("\n2. Claim lifecycle on the fake cluster (create → watch until Ready → release)");
-    let fast = claim_lifecycle(cli.claims, Duration::from_millis(10)).await?;
-    let slow = claim_lifecycle(cli.claims / 4, Duration::from_millis(1000)).await?;
-    for (label, (series, requests)) in [("ready after 10 ms", &fast), ("ready after 1 s", &slow)] {
-        series.print();
-        println!(
-            "    {label}: {requests:.1} API requests per claim on sandboxclaims (create, watch, get, delete)"
-        );
-    }
-    println!(
-        "  → requests per claim do not grow with time to readiness: {:.1} vs {:.1}",
-        fast.1, slow.1
-    );
-    report.insert(
-        "claim_ready_10ms".into(),
-        json!({"latency": fast.0.json(), "requests_per_claim": fast.1}),
-    );
-    report.insert(
-        "claim_ready_1s".into(),
-        json!({"latency": slow.0.json(), "requests_per_claim": slow.1}),
-    );
-
-    println!(
-        "\n3. Agent memory under heavy output (each execution prints 4 MiB; the cap keeps 1 MiB)"
-    );
-    let (before, after) = memory_under_output(&binary, 30).await?;
-    println!(
-        "  agent + worker RSS: {:.1} MiB before, {:.1} MiB after 30 executions ({:+.1} MiB)",
-        before,
-        after,
-        after - before
-    );
-    report.insert("rss_mib_before".into(), json!(before));
-    report.insert("rss_mib_after_30_big_outputs".into(), json!(after));
-
-    if let Some(path) = cli.json {
-        std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&serde_json::Value::Object(report))?,
-        )
-        .with_context(|| format!("writing {}", path.display()))?;
-        println!("\nfigures written to {}", path.display());
-    }
-    Ok(())
+    // One thread, as a latency-sensitive client would run its hot path: on two cores,
+    // cross-thread wake-ups of a multi-threaded runtime cost more than the work measured.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
 }
 
 async fn spawn_agent(binary: &Path) -> anyhow::Result<LocalAgent> {
@@ -181,183 +103,290 @@ async fn spawn_agent(binary: &Path) -> anyhow::Result<LocalAgent> {
     Ok(LocalAgent::from_command(command).await?)
 }
 
-/// Sequential `print(7*6)` executions over one channel.
-async fn axp_round_trip(binary: &Path, iterations: usize) -> anyhow::Result<Series> {
-    let agent = spawn_agent(binary).await?;
-    let client = AxpClient::dial(&agent.url(), ClientOptions::default()).await?;
-    for i in 0..100 {
-        client
-            .run("bench", &format!("warm-{i}"), start("print(7*6)"))
-            .await?;
-    }
-    let mut samples = Vec::with_capacity(iterations);
-    for i in 0..iterations {
-        let begun = Instant::now();
-        let messages = client
-            .run("bench", &format!("e{i}"), start("print(7*6)"))
-            .await?;
-        samples.push(begun.elapsed());
-        anyhow::ensure!(axp_transport::content::planner_view(&messages).contains("42"));
-    }
-    Ok(Series {
-        name: "AXP round trip, one reused channel",
-        samples,
-    })
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
 }
 
-/// The same executions over `ax.HarnessService` (upstream AX's protocol), on the same kind of channel.
-async fn harness_round_trip(binary: &Path, iterations: usize) -> anyhow::Result<Series> {
-    let agent = spawn_agent(binary).await?;
-    let client = axp_transport::HarnessClient::dial(&agent.url(), ClientOptions::default()).await?;
-    let start = || axp_transport::pb::HarnessStart {
-        harness_config: Vec::new(),
-        messages: vec![axp_transport::content::user_text("print(7*6)")],
-    };
-    for _ in 0..100 {
-        client.run("bench", "python", start()).await?;
-    }
-    let mut samples = Vec::with_capacity(iterations);
-    for _ in 0..iterations {
-        let begun = Instant::now();
-        let messages = client.run("bench", "python", start()).await?;
-        samples.push(begun.elapsed());
-        anyhow::ensure!(axp_transport::content::planner_view(&messages).contains("42"));
-    }
-    Ok(Series {
-        name: "HarnessService round trip, reused channel",
-        samples,
-    })
-}
-
-/// The same call with a new connection each time, as AX's Go client does.
-async fn dial_per_call(binary: &Path, iterations: usize) -> anyhow::Result<Series> {
-    let agent = spawn_agent(binary).await?;
-    let mut samples = Vec::with_capacity(iterations);
-    for i in 0..iterations.max(10) {
-        let begun = Instant::now();
-        let client = AxpClient::dial(&agent.url(), ClientOptions::default()).await?;
-        client
-            .run("bench", &format!("e{i}"), start("print(7*6)"))
-            .await?;
-        samples.push(begun.elapsed());
-    }
-    Ok(Series {
-        name: "AXP round trip, dial per call",
-        samples,
-    })
-}
-
-/// The Go reference agent's way: a new `python3 -c` per request. The
-/// interpreter's real path is used, not a version-manager shim, so the
-/// baseline is as fast as it can be.
-async fn python_c(spawns: usize) -> anyhow::Result<Series> {
-    let executable = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .await
-        .context("running python3")?;
-    let executable = String::from_utf8(executable.stdout)?.trim().to_owned();
-    let mut samples = Vec::with_capacity(spawns);
-    for _ in 0..spawns.max(5) {
-        let begun = Instant::now();
-        let output = Command::new(&executable)
-            .args(["-c", "print(7*6)"])
-            .output()
-            .await?;
-        samples.push(begun.elapsed());
-        anyhow::ensure!(output.status.success() && output.stdout.starts_with(b"42"));
-    }
-    Ok(Series {
-        name: "python3 -c per request (process only, no RPC)",
-        samples,
-    })
-}
-
-/// Acquire + release on a fake cluster whose sandboxes turn Ready after `ready_after`.
-async fn claim_lifecycle(claims: usize, ready_after: Duration) -> anyhow::Result<(Series, f64)> {
-    let cluster = FakeCluster::start(
-        FakeClusterOptions::default()
-            .runtime(Arc::new(LoopbackRuntime::new()))
-            .ready_mode(ReadyMode::After(ready_after)),
-    )
-    .await?;
-    cluster.create_template("bench", None).await?;
-    cluster.create_warm_pool("bench-pool", "bench", 0).await?;
-    let claims_api = Claims::new(
-        cluster.client(),
-        ClaimOptions::default()
-            .namespace(cluster.namespace())
-            .source("bench-pool"),
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let sizes = Sizes::of(&cli);
+    let root = std::env::current_dir()?;
+    let binary = pipeline::agent_binary();
+    anyhow::ensure!(
+        binary.exists(),
+        "build the agent first: {} is missing",
+        binary.display()
     );
-    let server = cluster.server();
-    let client_requests = |server: &sandbox_claim::testing::FakeApiServer| {
-        let log = server.requests();
-        [
-            Verb::Create,
-            Verb::Watch,
-            Verb::Get,
-            Verb::List,
-            Verb::Delete,
-            Verb::Patch,
-        ]
-        .into_iter()
-        .map(|verb| log.count(verb, "sandboxclaims"))
-        .sum::<u64>()
-    };
-    let before = client_requests(server);
-    let mut samples = Vec::new();
-    for i in 0..claims.max(4) {
-        let conversation = format!("bench-{i}");
-        let begun = Instant::now();
-        claims_api.acquire(&conversation).await?;
-        claims_api.release(&conversation).await?;
-        samples.push(begun.elapsed());
+    let bench = std::env::current_exe()?;
+    let interpreter = python::interpreter().await?;
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    println!(
+        "machine: {cpus} cores; python-sandbox-agent: {}",
+        binary.display()
+    );
+    println!(
+        "python3 baseline and grpcio peer venv base: {}",
+        interpreter.display()
+    );
+    let venv = python::venv(&interpreter, &root, &root.join("target/bench-python")).await?;
+    let mut report = Report::default();
+    report.put(
+        "machine",
+        json!({"cores": cpus, "interpreter": interpreter.display().to_string(), "quick": cli.quick}),
+    );
+
+    let floor = format!("http://{}", floor::start()?);
+    let agent = spawn_agent(&binary).await?;
+    let peer = python::Peer::start(&venv, &root).await?;
+
+    report.section("1. print(7*6), sequential calls over one channel (generated tonic client)");
+    let n = sizes.iterations;
+    for (protocol, key) in [("AgentService", "agent"), ("HarnessService", "harness")] {
+        let measure = async |name: String, url: &str| -> anyhow::Result<Series> {
+            if key == "agent" {
+                rpc::agent_round_trip(&name, url, n).await
+            } else {
+                rpc::harness_round_trip(&name, url, n).await
+            }
+        };
+        let floor_s = measure(format!("{protocol}: transport floor (bare tonic)"), &floor).await?;
+        let ours = measure(format!("{protocol}: reference agent"), &agent.url()).await?;
+        let peer_s = measure(
+            format!("{protocol}: grpcio peer (exec in-process)"),
+            &peer.url(),
+        )
+        .await?;
+        for series in [&floor_s, &ours, &peer_s] {
+            report.series(series);
+            report.put(
+                &format!("{key}_round_trip_{}", slug(&series.name)),
+                series.json(),
+            );
+        }
+        let vs_floor = ratio(ours.p50(), floor_s.p50());
+        let vs_peer = ratio(peer_s.p50(), ours.p50());
+        report.row(
+            &format!("{protocol}: reference agent ÷ floor (p50)"),
+            format!("{vs_floor:.2}×"),
+            "≤ 2×",
+            Verdict::of(vs_floor <= 2.0),
+        );
+        report.row(
+            &format!("{protocol}: grpcio peer ÷ reference agent (p50)"),
+            format!("{vs_peer:.2}× faster"),
+            "≥ 2× faster",
+            Verdict::of(vs_peer >= 2.0),
+        );
+        report.put(&format!("{key}_ratio_vs_floor"), json!(vs_floor));
+        report.put(&format!("{key}_speedup_vs_grpcio_peer"), json!(vs_peer));
     }
-    // Only the client's requests on `sandboxclaims`: the simulated controller's
-    // status writes go to `sandboxclaims/status` and its watch is opened once.
-    let per_claim = (client_requests(server) - before) as f64 / samples.len() as f64;
-    let name = if ready_after < Duration::from_millis(100) {
-        "acquire + release, ready after 10 ms"
-    } else {
-        "acquire + release, ready after 1 s"
-    };
-    Ok((Series { name, samples }, per_claim))
+    let spawn = python::python_c(&interpreter, sizes.spawns).await?;
+    let ours = rpc::agent_round_trip("again", &agent.url(), n / 4).await?;
+    report.series(&spawn);
+    let vs_spawn = ratio(spawn.p50(), ours.p50());
+    report.row(
+        &format!("reference agent vs {}", interpreter.display()),
+        format!("{vs_spawn:.0}× faster"),
+        "",
+        Verdict::Info,
+    );
+    report.put("python3_c_per_request", spawn.json());
+    report.put("speedup_vs_python3_c", json!(vs_spawn));
+
+    report
+        .section("2. First output: print, sleep 50 ms, print (print → first frame at the client)");
+    let first = rpc::first_output("reference agent", &agent.url(), sizes.first_outputs).await?;
+    let first_peer = rpc::first_output("grpcio peer", &peer.url(), sizes.first_outputs).await?;
+    report.row(
+        "reference agent",
+        format!("p50 {}  p99 {}", human(first.p50()), human(first.p99())),
+        "p50 ≤ 2 ms, p99 ≤ 5 ms",
+        Verdict::of(
+            first.p50() <= Duration::from_millis(2) && first.p99() <= Duration::from_millis(5),
+        ),
+    );
+    report.series(&first_peer);
+    report.put("first_output_agent", first.json());
+    report.put("first_output_grpcio_peer", first_peer.json());
+    drop(agent);
+    drop(peer);
+
+    report.section(&format!(
+        "3. Memory: RSS after one execution and after {} more",
+        sizes.executions
+    ));
+    let agent = spawn_agent(&binary).await?;
+    let (agent_idle, agent_after) =
+        rpc::memory(&agent.url(), agent.pid(), sizes.executions).await?;
+    drop(agent);
+    let peer = python::Peer::start(&venv, &root).await?;
+    let (peer_idle, peer_after) = rpc::memory(&peer.url(), peer.pid(), sizes.executions).await?;
+    drop(peer);
+    report.row(
+        "reference agent + worker",
+        format!("{agent_idle:.1} → {agent_after:.1} MiB"),
+        "",
+        Verdict::Info,
+    );
+    report.row(
+        "grpcio peer",
+        format!("{peer_idle:.1} → {peer_after:.1} MiB"),
+        "",
+        Verdict::Info,
+    );
+    let mem_ratio = agent_after / peer_after.max(1e-9);
+    report.row(
+        "reference agent ÷ grpcio peer (after)",
+        format!("{mem_ratio:.2}×"),
+        "≤ 0.7×",
+        Verdict::of(mem_ratio <= 0.7),
+    );
+    report.put(
+        "memory_mib",
+        json!({"agent_idle": agent_idle, "agent_after": agent_after, "peer_idle": peer_idle, "peer_after": peer_after, "executions": sizes.executions, "ratio_after": mem_ratio}),
+    );
+
+    report.section("4. Readiness on the fake cluster (one claim at a time, cold sandboxes)");
+    let (lifecycle, readiness, per_claim) = claims::readiness(sizes.readiness).await?;
+    report.series(&lifecycle);
+    report.row(
+        &readiness.name.clone(),
+        format!(
+            "p50 {}  p99 {}",
+            human(readiness.p50()),
+            human(readiness.p99())
+        ),
+        "p99 ≤ 5 ms",
+        Verdict::of(readiness.p99() <= Duration::from_millis(5)),
+    );
+    report.row(
+        "client requests on sandboxclaims per claim (create, get, delete)",
+        format!("{per_claim:.1}"),
+        "",
+        Verdict::Info,
+    );
+    report.put("claim_lifecycle", lifecycle.json());
+    report.put("ready_to_acquire_quiet", readiness.json());
+    report.put("requests_per_claim_quiet", json!(per_claim));
+
+    if !cli.no_scale {
+        let n = sizes.conversations;
+        report.section(&format!(
+            "5. Scale: {n} conversations acquiring at once (backend in its own process)"
+        ));
+        let mut runs = Vec::new();
+        for warm in [true, false] {
+            for mode in [WatchMode::Shared, WatchMode::PerClaim] {
+                match claims::scale(&bench, n, warm, mode).await {
+                    Ok(run) => {
+                        scale_rows(&mut report, &run);
+                        runs.push(run.json());
+                    }
+                    Err(error) if error.is::<claims::PoolNotFilled>() => {
+                        report.row(
+                            "warm pool: the simulated controller did not fill it",
+                            error.to_string(),
+                            "",
+                            Verdict::Missed,
+                        );
+                        runs.push(json!({"warm_pool": true, "error": error.to_string()}));
+                        break;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        report.put("scale", json!(runs));
+    }
+
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report.to_json())?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("\nfigures written to {}", path.display());
+    }
+    if let Some(path) = &cli.markdown {
+        std::fs::write(path, report.markdown())
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("table written to {}", path.display());
+    }
+    Ok(())
 }
 
-/// RSS of the agent and its worker (MiB), before and after big outputs.
-async fn memory_under_output(binary: &Path, executions: usize) -> anyhow::Result<(f64, f64)> {
-    let agent = spawn_agent(binary).await?;
-    let client = AxpClient::dial(&agent.url(), ClientOptions::default()).await?;
-    client.run("mem", "warm", start("print('ready')")).await?;
-    let before = rss_tree(agent.pid());
-    for i in 0..executions {
-        client
-            .run(
-                "mem",
-                &format!("e{i}"),
-                start("import sys\nsys.stdout.write('x' * (4 << 20))"),
-            )
-            .await?;
-    }
-    Ok((before, rss_tree(agent.pid())))
+fn scale_rows(report: &mut Report, run: &claims::ScaleRun) {
+    let label = format!(
+        "{} pool, {} watch",
+        if run.warm { "warm" } else { "empty" },
+        match run.mode {
+            WatchMode::PerClaim => "per-claim",
+            _ => "shared",
+        }
+    );
+    let shared = run.mode == WatchMode::Shared;
+    let judged = |met: bool| {
+        if shared {
+            Verdict::of(met)
+        } else {
+            Verdict::Info
+        }
+    };
+    report.row(
+        &format!("{label}: claims/s"),
+        format!("{:.0} ({} errors)", run.claims_per_sec, run.errors),
+        if shared { "≥ 300" } else { "" },
+        judged(run.claims_per_sec >= 300.0 && run.errors == 0),
+    );
+    report.row(
+        &format!("{label}: acquire"),
+        format!(
+            "p50 {}  p99 {}",
+            human(run.acquire.p50()),
+            human(run.acquire.p99())
+        ),
+        if shared { "p99 ≤ 2 s" } else { "" },
+        judged(run.acquire.p99() <= Duration::from_secs(2)),
+    );
+    report.row(
+        &format!("{label}: Ready=True written → acquire returns"),
+        format!(
+            "p50 {}  p99 {}",
+            human(run.readiness.p50()),
+            human(run.readiness.p99())
+        ),
+        "",
+        Verdict::Info,
+    );
+    report.row(
+        &format!("{label}: peak watches, requests per claim"),
+        format!(
+            "{} watches, {:.1} requests",
+            run.peak_watches, run.requests_per_claim
+        ),
+        if shared { "constant" } else { "" },
+        judged(run.peak_watches <= 2),
+    );
+    report.row(
+        &format!("{label}: backend peak RSS"),
+        format!("{:.1} MiB", run.backend_peak_mib),
+        "",
+        Verdict::Info,
+    );
+    report.row(
+        &format!("{label}: fake API server request latency"),
+        format!(
+            "p50 {}  p99 {}",
+            human(run.server_latency.p50()),
+            human(run.server_latency.p99())
+        ),
+        "",
+        Verdict::Info,
+    );
 }
 
-/// Resident memory of a process and its children, in MiB (Linux /proc).
-fn rss_tree(pid: u32) -> f64 {
-    let rss = |pid: &str| -> f64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|status| {
-                status
-                    .lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    rss(&pid.to_string()) + children.split_whitespace().map(rss).sum::<f64>()
+/// A JSON key from a series name.
+fn slug(name: &str) -> String {
+    let tail = name.split(": ").nth(1).unwrap_or(name);
+    tail.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("_")
+        .to_lowercase()
 }
