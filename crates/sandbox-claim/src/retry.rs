@@ -141,26 +141,20 @@ pub fn transient_kind(err: &kube::Error) -> Option<ApiErrorKind> {
     }
 }
 
-/// Whether an error is worth retrying; `Some(hint)` carries the server's `Retry-After`.
+/// Whether an error is worth retrying ([`transient_kind`]); `Some(hint)` carries the
+/// server's `Retry-After`.
 pub fn transient(err: &kube::Error) -> Option<Option<Duration>> {
-    match err {
-        kube::Error::Api(status) => {
-            let code = status.code;
-            if code == 429 || (500..600).contains(&code) {
-                let hint = status
-                    .details
-                    .as_ref()
-                    .map(|d| d.retry_after_seconds)
-                    .filter(|s| *s > 0)
-                    .map(|s| Duration::from_secs(u64::from(s)));
-                Some(hint)
-            } else {
-                None
-            }
-        }
-        kube::Error::HyperError(_) | kube::Error::Service(_) => Some(None),
+    transient_kind(err)?;
+    let hint = match err {
+        kube::Error::Api(status) => status
+            .details
+            .as_ref()
+            .map(|d| d.retry_after_seconds)
+            .filter(|s| *s > 0)
+            .map(|s| Duration::from_secs(u64::from(s))),
         _ => None,
-    }
+    };
+    Some(hint)
 }
 
 /// Runs `op` until it succeeds, fails with a non-transient error, or runs out of attempts
