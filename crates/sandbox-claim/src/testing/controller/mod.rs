@@ -457,49 +457,15 @@ impl SimulatedController {
             replace_lock: tokio::sync::Mutex::new(()),
             counter: std::sync::atomic::AtomicU64::new(0),
         });
-        let drain =
-            |s: futures::stream::BoxStream<'static, ()>| tokio::spawn(s.for_each(|()| async {}));
-        let claims_task = drain(
-            claim_ctl
-                .run(
-                    |claim, ctx: Arc<Shared>| async move {
-                        let key = format!("claim/{}", claim.name_any());
-                        ctx.settle(&key, ctx.reconcile_claim(&claim).await)
-                    },
-                    |claim, error, ctx| ctx.requeue(&format!("claim/{}", claim.name_any()), error),
-                    Arc::clone(&shared),
-                )
-                .map(drop)
-                .boxed(),
-        );
-        let sandboxes_task = drain(
-            sandbox_ctl
-                .run(
-                    |sandbox, ctx: Arc<Shared>| async move {
-                        let key = format!("sandbox/{}", sandbox.name_any());
-                        ctx.settle(&key, ctx.reconcile_sandbox(&sandbox).await)
-                    },
-                    |sandbox, error, ctx| {
-                        ctx.requeue(&format!("sandbox/{}", sandbox.name_any()), error)
-                    },
-                    Arc::clone(&shared),
-                )
-                .map(drop)
-                .boxed(),
-        );
-        let pools_task = drain(
-            pool_ctl
-                .run(
-                    |pool, ctx: Arc<Shared>| async move {
-                        let key = format!("pool/{}", pool.name_any());
-                        ctx.settle(&key, ctx.reconcile_pool(&pool).await)
-                    },
-                    |pool, error, ctx| ctx.requeue(&format!("pool/{}", pool.name_any()), error),
-                    Arc::clone(&shared),
-                )
-                .map(drop)
-                .boxed(),
-        );
+        let claims_task = drive(claim_ctl, "claim", &shared, |ctx, claim| async move {
+            ctx.reconcile_claim(&claim).await
+        });
+        let sandboxes_task = drive(sandbox_ctl, "sandbox", &shared, |ctx, sandbox| async move {
+            ctx.reconcile_sandbox(&sandbox).await
+        });
+        let pools_task = drive(pool_ctl, "pool", &shared, |ctx, pool| async move {
+            ctx.reconcile_pool(&pool).await
+        });
         let sweep_task = tokio::spawn(Arc::clone(&shared).sweep_pods());
         (
             shared,
@@ -784,6 +750,35 @@ impl Shared {
             .await
             .map(drop)
     }
+}
+
+/// Runs `controller` on a task of its own: every object it hands out is reconciled by
+/// `reconcile`, with its backoff kept under the key `{kind}/{name}` (cleared by a success,
+/// grown by each error, or replaced by the server's `Retry-After`).
+fn drive<F, Fut>(
+    controller: Controller<DynamicObject>,
+    kind: &'static str,
+    shared: &Arc<Shared>,
+    reconcile: F,
+) -> JoinHandle<()>
+where
+    F: Fn(Arc<Shared>, Arc<DynamicObject>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Action, ReconcileError>> + Send + 'static,
+{
+    let reconcile = Arc::new(reconcile);
+    let stream = controller.run(
+        move |object, ctx: Arc<Shared>| {
+            let reconcile = Arc::clone(&reconcile);
+            async move {
+                let key = format!("{kind}/{}", object.name_any());
+                let result = reconcile(Arc::clone(&ctx), object).await;
+                ctx.settle(&key, result)
+            }
+        },
+        move |object, error, ctx| ctx.requeue(&format!("{kind}/{}", object.name_any()), error),
+        Arc::clone(shared),
+    );
+    tokio::spawn(stream.for_each(|_| async {}))
 }
 
 #[cfg(test)]
