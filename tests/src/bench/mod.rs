@@ -30,20 +30,35 @@ pub fn monotonic_ns() -> u64 {
 /// peak `VmHWM` when `peak`.
 pub fn rss_tree(pid: u32, peak: bool) -> f64 {
     let field = if peak { "VmHWM:" } else { "VmRSS:" };
-    let rss = |pid: &str| -> f64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|status| {
-                status
-                    .lines()
-                    .find(|l| l.starts_with(field))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-            .unwrap_or(0.0)
-            / 1024.0
-    };
+    sum_tree(pid, |pid| kib_field(&format!("/proc/{pid}/status"), field))
+}
+
+/// Proportional set size of a process and its children, in MiB (`Pss` of
+/// `/proc/PID/smaps_rollup`): a page shared by N processes counts 1/N in each, so pages the
+/// agent and its worker share (the binary, libpython) count once, where RSS counts them twice.
+pub fn pss_tree(pid: u32) -> f64 {
+    sum_tree(pid, |pid| {
+        kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+    })
+}
+
+/// `measure(pid)` of `pid` plus that of each of its children.
+fn sum_tree(pid: u32, measure: impl Fn(&str) -> f64) -> f64 {
     let children =
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    rss(&pid.to_string()) + children.split_whitespace().map(rss).sum::<f64>()
+    measure(&pid.to_string()) + children.split_whitespace().map(&measure).sum::<f64>()
+}
+
+/// A `Name:  N kB` line of a /proc file, in MiB; 0 when the process or line is gone.
+fn kib_field(path: &str, field: &str) -> f64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
 }

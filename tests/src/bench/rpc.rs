@@ -189,15 +189,30 @@ pub async fn first_output(name: &str, url: &str, runs: usize) -> anyhow::Result<
 /// A small but real cell, run for the memory figures.
 const WORK: &str = "print(sum(i * i for i in range(1000)))";
 
-/// RSS (MiB) of `pid` and its children after one execution and after `executions` more.
-pub async fn memory(url: &str, pid: u32, executions: usize) -> anyhow::Result<(f64, f64)> {
+/// Memory of a server process and its children, in MiB.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// RSS after one execution.
+    pub rss_idle: f64,
+    /// RSS after the further executions.
+    pub rss_after: f64,
+    /// PSS after the further executions (shared pages split between the processes).
+    pub pss_after: f64,
+}
+
+/// [`Memory`] of `pid` and its children after one execution and after `executions` more.
+pub async fn memory(url: &str, pid: u32, executions: usize) -> anyhow::Result<Memory> {
     let mut client = AgentServiceClient::new(channel(url).await?);
     agent_call(&mut client, "mem", "warm", WORK).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let idle = super::rss_tree(pid, false);
+    let rss_idle = super::rss_tree(pid, false);
     for i in 0..executions {
         agent_call(&mut client, "mem", &format!("e{i}"), WORK).await?;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    Ok((idle, super::rss_tree(pid, false)))
+    Ok(Memory {
+        rss_idle,
+        rss_after: super::rss_tree(pid, false),
+        pss_after: super::pss_tree(pid),
+    })
 }
