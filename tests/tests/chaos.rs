@@ -17,7 +17,9 @@ use pipeline::{
     NAMESPACE, Pipeline, WARM_POOL,
     calls::{planner_call, run},
 };
-use sandbox_claim::testing::{FakeClusterOptions, Fault, RandomFaults};
+use sandbox_claim::testing::{
+    FakeClusterOptions, Fault, FaultAction, FaultKind, RandomFaults, Verb,
+};
 use sandbox_claim::wait::Error as WaitError;
 
 /// Conversations in the run.
@@ -26,6 +28,11 @@ const CONVERSATIONS: usize = 200;
 const AT_ONCE: usize = 16;
 /// Chance that any API request suffers a fault.
 const FAULT_PROBABILITY: f64 = 0.1;
+/// Watches that are also cut off or answered 410 (each kind drawn at random): watches are
+/// few and long-lived (one shared claim watch, the controller's), so the general draw alone
+/// may never reach one. Each such fault makes its client re-watch or re-list, which the
+/// next one hits, so these spread over the run's first events.
+const WATCH_FAULTS: u32 = 12;
 /// How long one conversation may take, faults and all; its claim waits at most
 /// `READY_TIMEOUT` and its call at most `CALL_TIMEOUT`.
 const DEADLINE: Duration = Duration::from_secs(40);
@@ -89,6 +96,18 @@ async fn under_random_api_faults_every_conversation_ends_typed_in_time_and_nothi
         2026,
         FAULT_PROBABILITY,
     )));
+    let watch_chaos = server.inject(
+        Fault::random(RandomFaults {
+            seed: 2027,
+            probability: 1.0,
+            actions: vec![
+                FaultAction::DropWatch { after_events: 1 },
+                FaultAction::ExpireResourceVersion,
+            ],
+        })
+        .verb(Verb::Watch)
+        .times(WATCH_FAULTS),
+    );
 
     let outcomes: Vec<Outcome> = futures::stream::iter(0..CONVERSATIONS)
         .map(|i| {
@@ -114,6 +133,7 @@ async fn under_random_api_faults_every_conversation_ends_typed_in_time_and_nothi
 
     let fired = server.faults_fired();
     server.remove_fault(chaos);
+    server.remove_fault(watch_chaos);
 
     let mut failures: BTreeMap<String, usize> = BTreeMap::new();
     let mut successes = 0;
@@ -187,7 +207,18 @@ async fn under_random_api_faults_every_conversation_ends_typed_in_time_and_nothi
     );
 
     assert_eq!(outcomes.len(), CONVERSATIONS);
-    assert!(fired.total() > 0, "the faults fired");
+    // Every kind of fault really happened during the run, not just in principle.
+    for kind in [
+        FaultKind::Status(500),
+        FaultKind::Status(503),
+        FaultKind::Status(429),
+        FaultKind::ResetConnection,
+        FaultKind::Latency,
+        FaultKind::DropWatch,
+        FaultKind::Expired,
+    ] {
+        assert!(fired.count(kind) > 0, "no {kind} fault fired: {fired}");
+    }
     assert_eq!(claims_left, 0, "no claim is left after release");
     assert!(stopped.is_ok(), "no agent process is left");
     assert!(
