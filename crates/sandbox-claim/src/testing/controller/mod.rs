@@ -687,14 +687,7 @@ impl Shared {
 
     /// Merge-patches `status` of a claim.
     async fn patch_claim_status(&self, name: &str, status: Value) -> Result<(), kube::Error> {
-        self.claims_api()
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await
-            .map(drop)
+        merge_patch_status(&self.claims_api(), name, status).await
     }
 
     /// Writes a claim's `Ready` condition and `status.sandbox` (`None` clears it).
@@ -741,15 +734,23 @@ impl Shared {
 
     /// Merge-patches `status` of a Sandbox.
     async fn patch_sandbox_status(&self, name: &str, status: Value) -> Result<(), kube::Error> {
-        self.sandboxes_api()
-            .patch_status(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await
-            .map(drop)
+        merge_patch_status(&self.sandboxes_api(), name, status).await
     }
+}
+
+/// Merge-patches the `status` subresource of object `name` of `api`.
+async fn merge_patch_status(
+    api: &Api<DynamicObject>,
+    name: &str,
+    status: Value,
+) -> Result<(), kube::Error> {
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map(drop)
 }
 
 /// Runs `controller` on a task of its own: every object it hands out is reconciled by
