@@ -524,7 +524,21 @@ impl Run {
             if sent.is_err() {
                 break Some(worker.next_event().await);
             }
-            let flush_at = collector.flush_at().map(tokio::time::Instant::from_std);
+            let flush_at = collector.flush_at();
+            // Due now: flush without the timer, whose millisecond ticks would hold output alone in flight for
+            // up to a millisecond. What the worker already wrote (often the cell's end) joins this frame.
+            if flush_at.is_some_and(|at| at <= Instant::now()) {
+                if worker.has_queued_event() && collector.may_wait_for_queued() {
+                    // Read it first; the next turn of the loop flushes.
+                } else {
+                    let batch = collector.flush();
+                    if !batch.is_empty() {
+                        send(batch);
+                    }
+                    continue;
+                }
+            }
+            let flush_at = flush_at.map(tokio::time::Instant::from_std);
             tokio::select! {
                 event = worker.next_event() => match event {
                     Event::Stdout(bytes) => collector.push(StreamKind::Stdout, &bytes),
@@ -615,11 +629,11 @@ impl Run {
             collector.set_totals(result.stdout_bytes, result.stderr_bytes);
         }
         if !matches!(stop, Some((Stop::Cancelled, _))) {
-            // One frame per message: together, the last output, the summary and the structured copy of both streams
-            // can be several times the output limit, past what a gRPC client accepts in one message (4 MiB by
-            // default).
-            for message in output::finish(&mut collector, &outcome, &exec_id) {
-                send(vec![message]);
+            // The last output, the summary and the structured result travel in as few frames as fit under
+            // `output::FRAME_BYTES`: together they can be several times the output limit, past what a gRPC client
+            // accepts in one message (4 MiB by default), but a quick cell's result is one frame.
+            for batch in output::frames(output::finish(&mut collector, &outcome, &exec_id)) {
+                send(batch);
             }
             // HarnessService reports what the agent (not the user's code) cut short as `end{FAILED}`.
             if protocol == Protocol::HarnessService
@@ -683,7 +697,9 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Cores this process may run on (at least 1).
+/// Cores this process may run on (at least 1), read once: the standard library reads the cgroup's CPU quota
+/// from /sys on every call, which cost as much as the rest of a quick execution's dispatch.
 fn cores() -> u64 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+    static CORES: OnceLock<u64> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u64))
 }

@@ -213,6 +213,10 @@ pub struct Cli {
     /// Refuse subprocess, os.system, os.exec* and os.posix_spawn in Python code (os.fork is always refused).
     #[arg(long, env = "PYTHON_BLOCK_SUBPROCESS")]
     pub block_subprocess: bool,
+    /// Run the Python code in this virtual environment (made with `python3 -m venv` from the Python the agent
+    /// embeds): its site-packages on sys.path and sys.executable its `bin/python`, as if run by that interpreter.
+    #[arg(long, env = "PYTHON_VENV", value_name = "DIR")]
+    pub python_venv: Option<PathBuf>,
     /// Also pass this environment variable to the Python worker (repeat, or separate with commas). The worker
     /// otherwise gets only PATH, HOME, TMPDIR, LANG, LC_*, TZ, CPython's PYTHON* and a few more (see the README);
     /// AXP_TOKEN and AXP_TOKEN_FILE are never passed.
@@ -319,6 +323,9 @@ pub struct WorkerArgs {
     /// The capture pipes are fds 3–6 (set by the agent).
     #[arg(long)]
     pub inherited_pipes: bool,
+    /// Start the interpreter in this virtual environment.
+    #[arg(long)]
+    pub venv: Option<PathBuf>,
 }
 
 /// Environment variables the worker must not see (user code could read them).
@@ -336,6 +343,7 @@ impl Cli {
                     open_files: self.open_files,
                     file_size_bytes: mb(self.file_size_limit_mb),
                     block_subprocess: self.block_subprocess,
+                    venv: self.python_venv.clone(),
                 },
                 pass_env: self.worker_env.clone(),
                 ..defaults.worker.clone()

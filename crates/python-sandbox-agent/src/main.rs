@@ -35,6 +35,7 @@ fn main() -> ExitCode {
             open_files: args.open_files,
             file_size_bytes: args.file_size_limit_bytes,
             block_subprocess: args.block_subprocess,
+            venv: args.venv.clone(),
         };
         let code = child::main(&limits, args.inherited_pipes);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));

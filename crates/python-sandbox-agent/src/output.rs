@@ -21,6 +21,10 @@ pub const RESULT_NAME: &str = "python";
 /// Unsent complete lines past this size are sent without waiting for the flush interval.
 const FLUSH_BYTES: usize = 64 * 1024;
 
+/// Most encoded bytes of messages [`frames`] puts in one frame: a quarter of the 4 MiB a gRPC client accepts in
+/// one message by default, leaving room for the frame's ids.
+pub const FRAME_BYTES: usize = 1 << 20;
+
 /// One output stream of one execution: the bytes kept (up to the limit) and how many were sent as frames.
 #[derive(Debug, Default)]
 struct Stream {
@@ -345,6 +349,27 @@ pub fn finish(collector: &mut Collector, outcome: &Outcome, call_id: &str) -> Ve
     messages
 }
 
+/// Groups messages, in order, into frames of at most [`FRAME_BYTES`] encoded bytes (a message larger than that
+/// alone is a frame of its own).
+pub fn frames(messages: Vec<Message>) -> Vec<Vec<Message>> {
+    let mut frames: Vec<Vec<Message>> = Vec::new();
+    let mut size = 0;
+    for message in messages {
+        let len = prost::Message::encoded_len(&message);
+        match frames.last_mut() {
+            Some(frame) if size + len <= FRAME_BYTES => {
+                size += len;
+                frame.push(message);
+            }
+            _ => {
+                size = len;
+                frames.push(vec![message]);
+            }
+        }
+    }
+    frames
+}
+
 /// The structured result of an execution's outputs, if any (for clients and tests).
 pub fn structured_result(messages: &[Message]) -> Option<&Struct> {
     messages
@@ -403,6 +428,35 @@ mod tests {
             result.fields["stdout_truncated"].kind,
             Some(Kind::BoolValue(true))
         );
+    }
+
+    #[test]
+    fn a_quick_result_is_one_frame_and_a_big_one_is_split_under_the_frame_size() {
+        let mut c = Collector::new(1 << 20, Duration::from_millis(25));
+        c.push(StreamKind::Stdout, b"42\n");
+        let small = frames(finish(&mut c, &Outcome::default(), "x"));
+        assert_eq!(small.len(), 1, "output and structured result in one frame");
+        assert_eq!(content::planner_view(&small[0]), "42");
+
+        let mut c = Collector::new(4 << 20, Duration::from_millis(25));
+        c.push(StreamKind::Stdout, &vec![b'x'; 3 << 20]);
+        let messages = finish(&mut c, &Outcome::default(), "x");
+        let count = messages.len();
+        let big = frames(messages);
+        assert!(big.len() > 1, "{} frames", big.len());
+        assert_eq!(
+            big.iter().map(Vec::len).sum::<usize>(),
+            count,
+            "no message lost"
+        );
+        for frame in &big {
+            let bytes: usize = frame.iter().map(prost::Message::encoded_len).sum();
+            assert!(
+                frame.len() == 1 || bytes <= FRAME_BYTES,
+                "{bytes} bytes in {} messages",
+                frame.len()
+            );
+        }
     }
 
     #[test]

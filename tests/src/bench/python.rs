@@ -55,8 +55,18 @@ pub async fn python_c(python: &Path, spawns: usize) -> anyhow::Result<Series> {
 /// The venv of the peer: its interpreter and the generated stubs.
 #[derive(Debug)]
 pub struct Venv {
+    dir: PathBuf,
     python: PathBuf,
     stubs: PathBuf,
+}
+
+impl Venv {
+    /// The venv's directory: the reference agent's worker runs in it too (`--python-venv`), so
+    /// both sides import the same site-packages and neither pays for the `.pth` files of
+    /// this machine's base interpreter.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
 }
 
 async fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
@@ -122,7 +132,11 @@ pub async fn venv(base: &Path, root: &Path, dir: &Path) -> anyhow::Result<Venv> 
         "grpc_tools.protoc",
     )
     .await?;
-    Ok(Venv { python, stubs })
+    Ok(Venv {
+        dir: dir.to_owned(),
+        python,
+        stubs,
+    })
 }
 
 /// A running grpcio peer; killed on drop.

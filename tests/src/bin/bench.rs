@@ -36,12 +36,37 @@ struct Cli {
     /// Skip the scale runs.
     #[arg(long)]
     no_scale: bool,
+    /// Run only these sections (comma-separated), e.g. `--only round-trip,memory`.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Section>,
     /// Write the figures (and the table) as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write the table as Markdown here too (what the README quotes).
     #[arg(long)]
     markdown: Option<PathBuf>,
+}
+
+/// The parts of a run, in the order they run.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    /// 1. `print(7*6)` round trips beside the floor and the grpcio peer.
+    RoundTrip,
+    /// 2. Time from a `print` to its first frame at the client.
+    FirstOutput,
+    /// 3. RSS and PSS beside the grpcio peer.
+    Memory,
+    /// 4. `Ready=True` written → `acquire` returns, one claim at a time.
+    Readiness,
+    /// 5. A thousand conversations acquiring at once.
+    Scale,
+}
+
+impl Cli {
+    fn runs(&self, section: Section) -> bool {
+        let selected = self.only.is_empty() || self.only.contains(&section);
+        selected && !(section == Section::Scale && self.no_scale)
+    }
 }
 
 #[derive(clap::Subcommand)]
@@ -94,10 +119,17 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(cli))
 }
 
-async fn spawn_agent(binary: &Path) -> anyhow::Result<LocalAgent> {
+/// The reference agent, its worker in the peer's venv. `pinned` is how a sandbox runs it
+/// (one conversation, no spare worker); the round trips use several conversations.
+async fn spawn_agent(binary: &Path, venv: &Path, pinned: bool) -> anyhow::Result<LocalAgent> {
     let mut command = tokio::process::Command::new(binary);
     command
-        .args(["--listen", "127.0.0.1:0", "--unpinned"])
+        .args(["--listen", "127.0.0.1:0", "--python-venv"])
+        .arg(venv);
+    if !pinned {
+        command.arg("--unpinned");
+    }
+    command
         .env("RUST_LOG", "error")
         .stderr(std::process::Stdio::null());
     Ok(LocalAgent::from_command(command).await?)
@@ -134,154 +166,164 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         json!({"cores": cpus, "interpreter": interpreter.display().to_string(), "quick": cli.quick}),
     );
 
-    let floor = format!("http://{}", floor::start()?);
-    let agent = spawn_agent(&binary).await?;
-    let peer = python::Peer::start(&venv, &root).await?;
-
-    report.section("1. print(7*6), sequential calls over one channel (generated tonic client)");
-    let n = sizes.iterations;
-    for (protocol, key) in [("AgentService", "agent"), ("HarnessService", "harness")] {
-        let measure = async |name: String, url: &str| -> anyhow::Result<Series> {
-            if key == "agent" {
-                rpc::agent_round_trip(&name, url, n).await
-            } else {
-                rpc::harness_round_trip(&name, url, n).await
+    if cli.runs(Section::RoundTrip) || cli.runs(Section::FirstOutput) {
+        let floor = format!("http://{}", floor::start()?);
+        let agent = spawn_agent(&binary, venv.dir(), false).await?;
+        let peer = python::Peer::start(&venv, &root).await?;
+        if cli.runs(Section::RoundTrip) {
+            report.section(
+                "1. print(7*6), sequential calls over one channel (generated tonic client)",
+            );
+            let n = sizes.iterations;
+            for (protocol, key) in [("AgentService", "agent"), ("HarnessService", "harness")] {
+                let measure = async |name: String, url: &str| -> anyhow::Result<Series> {
+                    if key == "agent" {
+                        rpc::agent_round_trip(&name, url, n).await
+                    } else {
+                        rpc::harness_round_trip(&name, url, n).await
+                    }
+                };
+                let floor_s =
+                    measure(format!("{protocol}: transport floor (bare tonic)"), &floor).await?;
+                let ours = measure(format!("{protocol}: reference agent"), &agent.url()).await?;
+                let peer_s = measure(
+                    format!("{protocol}: grpcio peer (exec in-process)"),
+                    &peer.url(),
+                )
+                .await?;
+                for series in [&floor_s, &ours, &peer_s] {
+                    report.series(series);
+                    report.put(
+                        &format!("{key}_round_trip_{}", slug(&series.name)),
+                        series.json(),
+                    );
+                }
+                let vs_floor = ratio(ours.p50(), floor_s.p50());
+                let vs_peer = ratio(peer_s.p50(), ours.p50());
+                report.row(
+                    &format!("{protocol}: reference agent ÷ floor (p50)"),
+                    format!("{vs_floor:.2}×"),
+                    "≤ 2×",
+                    Verdict::of(vs_floor <= 2.0),
+                );
+                report.row(
+                    &format!("{protocol}: grpcio peer ÷ reference agent (p50)"),
+                    format!("{vs_peer:.2}× faster"),
+                    "≥ 2× faster",
+                    Verdict::of(vs_peer >= 2.0),
+                );
+                report.put(&format!("{key}_ratio_vs_floor"), json!(vs_floor));
+                report.put(&format!("{key}_speedup_vs_grpcio_peer"), json!(vs_peer));
             }
-        };
-        let floor_s = measure(format!("{protocol}: transport floor (bare tonic)"), &floor).await?;
-        let ours = measure(format!("{protocol}: reference agent"), &agent.url()).await?;
-        let peer_s = measure(
-            format!("{protocol}: grpcio peer (exec in-process)"),
-            &peer.url(),
-        )
-        .await?;
-        for series in [&floor_s, &ours, &peer_s] {
-            report.series(series);
-            report.put(
-                &format!("{key}_round_trip_{}", slug(&series.name)),
-                series.json(),
+            let spawn = python::python_c(&interpreter, sizes.spawns).await?;
+            let ours = rpc::agent_round_trip("again", &agent.url(), n / 4).await?;
+            report.series(&spawn);
+            let vs_spawn = ratio(spawn.p50(), ours.p50());
+            report.row(
+                &format!("reference agent vs {}", interpreter.display()),
+                format!("{vs_spawn:.0}× faster"),
+                "",
+                Verdict::Info,
+            );
+            report.put("python3_c_per_request", spawn.json());
+            report.put("speedup_vs_python3_c", json!(vs_spawn));
+        }
+        if cli.runs(Section::FirstOutput) {
+            report.section(
+                "2. First output: print, sleep 50 ms, print (print → first frame at the client)",
+            );
+            let first =
+                rpc::first_output("reference agent", &agent.url(), sizes.first_outputs).await?;
+            let first_peer =
+                rpc::first_output("grpcio peer", &peer.url(), sizes.first_outputs).await?;
+            report.row(
+                "reference agent",
+                format!("p50 {}  p99 {}", human(first.p50()), human(first.p99())),
+                "p50 ≤ 2 ms, p99 ≤ 5 ms",
+                Verdict::of(
+                    first.p50() <= Duration::from_millis(2)
+                        && first.p99() <= Duration::from_millis(5),
+                ),
+            );
+            report.series(&first_peer);
+            report.put("first_output_agent", first.json());
+            report.put("first_output_grpcio_peer", first_peer.json());
+        }
+    }
+    if cli.runs(Section::Memory) {
+        report.section(&format!(
+            "3. Memory: RSS (and PSS) after one execution and after {} more",
+            sizes.executions
+        ));
+        let agent = spawn_agent(&binary, venv.dir(), true).await?;
+        let ours = rpc::memory(&agent.url(), agent.pid(), sizes.executions).await?;
+        drop(agent);
+        let peer = python::Peer::start(&venv, &root).await?;
+        let theirs = rpc::memory(&peer.url(), peer.pid(), sizes.executions).await?;
+        drop(peer);
+        for (name, m) in [
+            ("reference agent + worker", &ours),
+            ("grpcio peer", &theirs),
+        ] {
+            report.row(
+                name,
+                format!(
+                    "{:.1} → {:.1} MiB (PSS {:.1} MiB)",
+                    m.rss_idle, m.rss_after, m.pss_after
+                ),
+                "",
+                Verdict::Info,
             );
         }
-        let vs_floor = ratio(ours.p50(), floor_s.p50());
-        let vs_peer = ratio(peer_s.p50(), ours.p50());
+        let mem_ratio = ours.rss_after / theirs.rss_after.max(1e-9);
         report.row(
-            &format!("{protocol}: reference agent ÷ floor (p50)"),
-            format!("{vs_floor:.2}×"),
-            "≤ 2×",
-            Verdict::of(vs_floor <= 2.0),
+            "reference agent ÷ grpcio peer (RSS after)",
+            format!("{mem_ratio:.2}×"),
+            "≤ 0.7×",
+            Verdict::of(mem_ratio <= 0.7),
         );
+        // RSS counts the pages the agent and its worker share (binary, libpython) twice.
+        let pss_ratio = ours.pss_after / theirs.pss_after.max(1e-9);
         report.row(
-            &format!("{protocol}: grpcio peer ÷ reference agent (p50)"),
-            format!("{vs_peer:.2}× faster"),
-            "≥ 2× faster",
-            Verdict::of(vs_peer >= 2.0),
-        );
-        report.put(&format!("{key}_ratio_vs_floor"), json!(vs_floor));
-        report.put(&format!("{key}_speedup_vs_grpcio_peer"), json!(vs_peer));
-    }
-    let spawn = python::python_c(&interpreter, sizes.spawns).await?;
-    let ours = rpc::agent_round_trip("again", &agent.url(), n / 4).await?;
-    report.series(&spawn);
-    let vs_spawn = ratio(spawn.p50(), ours.p50());
-    report.row(
-        &format!("reference agent vs {}", interpreter.display()),
-        format!("{vs_spawn:.0}× faster"),
-        "",
-        Verdict::Info,
-    );
-    report.put("python3_c_per_request", spawn.json());
-    report.put("speedup_vs_python3_c", json!(vs_spawn));
-
-    report
-        .section("2. First output: print, sleep 50 ms, print (print → first frame at the client)");
-    let first = rpc::first_output("reference agent", &agent.url(), sizes.first_outputs).await?;
-    let first_peer = rpc::first_output("grpcio peer", &peer.url(), sizes.first_outputs).await?;
-    report.row(
-        "reference agent",
-        format!("p50 {}  p99 {}", human(first.p50()), human(first.p99())),
-        "p50 ≤ 2 ms, p99 ≤ 5 ms",
-        Verdict::of(
-            first.p50() <= Duration::from_millis(2) && first.p99() <= Duration::from_millis(5),
-        ),
-    );
-    report.series(&first_peer);
-    report.put("first_output_agent", first.json());
-    report.put("first_output_grpcio_peer", first_peer.json());
-    drop(agent);
-    drop(peer);
-
-    report.section(&format!(
-        "3. Memory: RSS (and PSS) after one execution and after {} more",
-        sizes.executions
-    ));
-    let agent = spawn_agent(&binary).await?;
-    let ours = rpc::memory(&agent.url(), agent.pid(), sizes.executions).await?;
-    drop(agent);
-    let peer = python::Peer::start(&venv, &root).await?;
-    let theirs = rpc::memory(&peer.url(), peer.pid(), sizes.executions).await?;
-    drop(peer);
-    for (name, m) in [
-        ("reference agent + worker", &ours),
-        ("grpcio peer", &theirs),
-    ] {
-        report.row(
-            name,
-            format!(
-                "{:.1} → {:.1} MiB (PSS {:.1} MiB)",
-                m.rss_idle, m.rss_after, m.pss_after
-            ),
+            "reference agent ÷ grpcio peer (PSS after)",
+            format!("{pss_ratio:.2}×"),
             "",
             Verdict::Info,
         );
+        report.put(
+            "memory_mib",
+            json!({
+                "agent_idle": ours.rss_idle, "agent_after": ours.rss_after, "agent_pss_after": ours.pss_after,
+                "peer_idle": theirs.rss_idle, "peer_after": theirs.rss_after, "peer_pss_after": theirs.pss_after,
+                "executions": sizes.executions, "ratio_after": mem_ratio, "pss_ratio_after": pss_ratio,
+            }),
+        );
     }
-    let mem_ratio = ours.rss_after / theirs.rss_after.max(1e-9);
-    report.row(
-        "reference agent ÷ grpcio peer (RSS after)",
-        format!("{mem_ratio:.2}×"),
-        "≤ 0.7×",
-        Verdict::of(mem_ratio <= 0.7),
-    );
-    // RSS counts the pages the agent and its worker share (binary, libpython) twice.
-    let pss_ratio = ours.pss_after / theirs.pss_after.max(1e-9);
-    report.row(
-        "reference agent ÷ grpcio peer (PSS after)",
-        format!("{pss_ratio:.2}×"),
-        "",
-        Verdict::Info,
-    );
-    report.put(
-        "memory_mib",
-        json!({
-            "agent_idle": ours.rss_idle, "agent_after": ours.rss_after, "agent_pss_after": ours.pss_after,
-            "peer_idle": theirs.rss_idle, "peer_after": theirs.rss_after, "peer_pss_after": theirs.pss_after,
-            "executions": sizes.executions, "ratio_after": mem_ratio, "pss_ratio_after": pss_ratio,
-        }),
-    );
-
-    report.section("4. Readiness on the fake cluster (one claim at a time, cold sandboxes)");
-    let (lifecycle, readiness, per_claim) = claims::readiness(sizes.readiness).await?;
-    report.series(&lifecycle);
-    report.row(
-        &readiness.name.clone(),
-        format!(
-            "p50 {}  p99 {}",
-            human(readiness.p50()),
-            human(readiness.p99())
-        ),
-        "p99 ≤ 5 ms",
-        Verdict::of(readiness.p99() <= Duration::from_millis(5)),
-    );
-    report.row(
-        "client requests on sandboxclaims per claim (create, get, delete)",
-        format!("{per_claim:.1}"),
-        "",
-        Verdict::Info,
-    );
-    report.put("claim_lifecycle", lifecycle.json());
-    report.put("ready_to_acquire_quiet", readiness.json());
-    report.put("requests_per_claim_quiet", json!(per_claim));
-
-    if !cli.no_scale {
+    if cli.runs(Section::Readiness) {
+        report.section("4. Readiness on the fake cluster (one claim at a time, cold sandboxes)");
+        let (lifecycle, readiness, per_claim) = claims::readiness(sizes.readiness).await?;
+        report.series(&lifecycle);
+        report.row(
+            &readiness.name.clone(),
+            format!(
+                "p50 {}  p99 {}",
+                human(readiness.p50()),
+                human(readiness.p99())
+            ),
+            "p99 ≤ 5 ms",
+            Verdict::of(readiness.p99() <= Duration::from_millis(5)),
+        );
+        report.row(
+            "client requests on sandboxclaims per claim (create, get, delete)",
+            format!("{per_claim:.1}"),
+            "",
+            Verdict::Info,
+        );
+        report.put("claim_lifecycle", lifecycle.json());
+        report.put("ready_to_acquire_quiet", readiness.json());
+        report.put("requests_per_claim_quiet", json!(per_claim));
+    }
+    if cli.runs(Section::Scale) {
         let n = sizes.conversations;
         report.section(&format!(
             "5. Scale: {n} conversations acquiring at once (backend in its own process)"

@@ -20,7 +20,11 @@ use std::{
     ffi::CString,
     fs::File,
     io::{self, Write},
-    os::fd::{FromRawFd, RawFd},
+    os::{
+        fd::{FromRawFd, RawFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicI32, Ordering},
@@ -43,6 +47,9 @@ pub struct Limits {
     pub file_size_bytes: Option<u64>,
     /// Refuse `subprocess`, `os.system`, `os.exec*` and `os.posix_spawn` (raw `os.fork` is always refused).
     pub block_subprocess: bool,
+    /// Start the interpreter in this virtual environment, as its `bin/python` would start: its site-packages on
+    /// `sys.path`, the base interpreter's not (unless the venv includes system site-packages).
+    pub venv: Option<PathBuf>,
 }
 
 /// Why the worker could not start (it then reports `Fatal` and exits 1).
@@ -58,6 +65,12 @@ pub enum Error {
     /// The pump thread could not be started.
     #[error("could not start the output pump thread")]
     SpawnPump(#[source] io::Error),
+    /// `--venv` names a directory without `pyvenv.cfg`.
+    #[error("{} is not a virtual environment (it has no pyvenv.cfg)", .0.display())]
+    NotAVenv(PathBuf),
+    /// The interpreter refused its configuration.
+    #[error("the Python interpreter could not start: {0}")]
+    InitPython(String),
     /// Loading the driver or calling its setup raised.
     #[error("the Python driver failed to load: {0}")]
     LoadDriver(String),
@@ -207,6 +220,14 @@ fn run(limits: &Limits, inherited_pipes: bool) -> Result<(), Error> {
     // SAFETY: a fresh fd we own for reading requests.
     let mut input = io::BufReader::new(unsafe { File::from_raw_fd(fds.protocol_in) });
 
+    // Absolute, so `sys.executable` and `sys.prefix` stay right when the code changes directory.
+    let venv = match &limits.venv {
+        Some(venv) => Some(std::path::absolute(venv).map_err(|_| Error::NotAVenv(venv.clone()))?),
+        None => None,
+    };
+    if let Some(venv) = &venv {
+        initialize_in_venv(venv)?;
+    }
     Python::attach(|py| -> Result<(), Error> {
         let driver = load_driver(py).map_err(Error::LoadDriver)?;
         driver
@@ -220,7 +241,10 @@ fn run(limits: &Limits, inherited_pipes: bool) -> Result<(), Error> {
             .map_err(|e| Error::LoadDriver(e.to_string()))?;
         let setup: (String, String, String) = driver
             .getattr("_axp_setup")
-            .and_then(|f| f.call1((limits.block_subprocess,)))
+            .and_then(|f| {
+                let venv = venv.as_ref().map(|v| v.to_string_lossy().into_owned());
+                f.call1((limits.block_subprocess, venv))
+            })
             .and_then(|r| r.extract())
             .map_err(|e| Error::LoadDriver(describe(py, &e)))?;
         let info = WorkerInfo {
@@ -273,6 +297,53 @@ fn run(limits: &Limits, inherited_pipes: bool) -> Result<(), Error> {
                 .map_err(|e| Error::Protocol(protocol::Error::Io(e)))?;
         }
     })
+}
+
+/// Starts the interpreter as `venv/bin/python` would: CPython finds `pyvenv.cfg` beside the program it is told
+/// it is, and takes the venv as `sys.prefix`. Otherwise pyo3 starts it on first use, as the agent binary.
+fn initialize_in_venv(venv: &Path) -> Result<(), Error> {
+    if !venv.join("pyvenv.cfg").is_file() {
+        return Err(Error::NotAVenv(venv.to_owned()));
+    }
+    let program = CString::new(venv.join("bin").join("python").as_os_str().as_bytes())
+        .map_err(|_| Error::NotAVenv(venv.to_owned()))?;
+    let failed = |status: pyo3::ffi::PyStatus| {
+        let message = if status.err_msg.is_null() {
+            "unknown error".to_owned()
+        } else {
+            // SAFETY: CPython's status messages are static NUL-terminated strings.
+            unsafe { std::ffi::CStr::from_ptr(status.err_msg) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        Error::InitPython(message)
+    };
+    // SAFETY: the documented PyConfig sequence (init, set, initialise, clear) on a config we own, before any
+    // other use of Python in this process; the GIL is then released, as pyo3's own initialisation leaves it.
+    unsafe {
+        let mut config = std::mem::MaybeUninit::<pyo3::ffi::PyConfig>::uninit();
+        pyo3::ffi::PyConfig_InitPythonConfig(config.as_mut_ptr());
+        let config = config.as_mut_ptr();
+        // As pyo3's `Py_InitializeEx(0)`: the driver installs the one handler it needs (SIGINT).
+        (*config).install_signal_handlers = 0;
+        (*config).parse_argv = 0;
+        let status = pyo3::ffi::PyConfig_SetBytesString(
+            config,
+            &raw mut (*config).program_name,
+            program.as_ptr(),
+        );
+        if pyo3::ffi::PyStatus_Exception(status) != 0 {
+            pyo3::ffi::PyConfig_Clear(config);
+            return Err(failed(status));
+        }
+        let status = pyo3::ffi::Py_InitializeFromConfig(config);
+        pyo3::ffi::PyConfig_Clear(config);
+        if pyo3::ffi::PyStatus_Exception(status) != 0 {
+            return Err(failed(status));
+        }
+        pyo3::ffi::PyEval_SaveThread();
+    }
+    Ok(())
 }
 
 /// Runs one cell; output accounting is switched on for its duration.

@@ -7,7 +7,6 @@ import linecache
 import os
 import signal
 import sys
-import traceback
 import types
 
 _DRIVER = "<axp-driver>"
@@ -58,6 +57,9 @@ def _axp_flush():
 def _axp_describe(exc):
     """(type name, message, traceback text) with the driver's own frames removed."""
     try:
+        # Imported on the first error, not at start: it costs every worker memory, and most cells succeed.
+        import traceback
+
         name = type(exc).__name__
         try:
             message = str(exc)
@@ -131,8 +133,27 @@ def _axp_guard_exit():
     os._exit = _exit
 
 
-def _axp_setup(block_subprocess):
+def _axp_check_venv(venv):
+    """The interpreter took `venv` as its prefix, and the venv was made for this Python version."""
+    if os.path.realpath(sys.prefix) != os.path.realpath(venv):
+        raise RuntimeError(f"{venv} was not taken as the virtual environment (sys.prefix is {sys.prefix})")
+    with open(os.path.join(venv, "pyvenv.cfg"), encoding="utf-8") as cfg:
+        for line in cfg:
+            key, _, value = line.partition("=")
+            if key.strip() in ("version", "version_info"):
+                made_for = tuple(int(part) for part in value.strip().split(".")[:2])
+                if made_for != sys.version_info[:2]:
+                    raise RuntimeError(
+                        f"{venv} was made for Python {made_for[0]}.{made_for[1]}, "
+                        f"this worker embeds {sys.version_info[0]}.{sys.version_info[1]}"
+                    )
+                break
+
+
+def _axp_setup(block_subprocess, venv=None):
     """Once per worker: signals, the audit hook, argv and executable, the first namespace."""
+    if venv is not None:
+        _axp_check_venv(venv)
     # SIGINT from the agent interrupts a cell that overran its timeout (KeyboardInterrupt), so the
     # namespace survives when the code yields to the interpreter; the agent kills the worker otherwise.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -144,7 +165,10 @@ def _axp_setup(block_subprocess):
 
     sys.addaudithook(audit)
     sys.argv = [""]
-    candidate = os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])
+    if venv is not None:
+        candidate = os.path.join(venv, "bin", "python")
+    else:
+        candidate = os.path.join(sys.base_prefix, "bin", "python%d.%d" % sys.version_info[:2])
     if os.path.exists(candidate):
         sys.executable = candidate
     sys.dont_write_bytecode = True

@@ -57,6 +57,8 @@ impl Default for WorkerOptions {
                 // Stops a disk bomb filling the pod's ephemeral storage.
                 file_size_bytes: Some(1 << 30),
                 block_subprocess: false,
+                // The interpreter the agent embeds, with its own site-packages.
+                venv: None,
             },
             // Interpreter start is ~20 ms warm; allow for a cold page cache on a busy node.
             startup_timeout: Duration::from_secs(30),
@@ -166,6 +168,9 @@ impl Worker {
         }
         if options.limits.block_subprocess {
             command.arg("--block-subprocess");
+        }
+        if let Some(venv) = &options.limits.venv {
+            command.arg("--venv").arg(venv);
         }
         command.arg("--inherited-pipes");
         let (stdout_pipe, stderr_pipe) =
