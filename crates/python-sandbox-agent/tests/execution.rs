@@ -212,6 +212,37 @@ async fn stderr_and_c_level_writes_are_captured() {
 }
 
 #[tokio::test]
+async fn prints_and_fd_writes_arrive_in_the_order_they_were_made() {
+    let agent = agent(&[]).await;
+    let mut client = client(&agent).await;
+    let code =
+        "import os\nfor i in range(50):\n    os.write(1, b'fd %d\\n' % i)\n    print('print', i)";
+    let run = run(&mut client, "c1", code).await;
+    let expected: String = (0..50).map(|i| format!("fd {i}\nprint {i}\n")).collect();
+    assert_eq!(run.str_field("stdout").as_deref(), Some(expected.as_str()));
+}
+
+#[tokio::test]
+async fn print_follows_fd_1_when_the_code_points_it_elsewhere() {
+    let agent = agent(&[]).await;
+    let mut client = client(&agent).await;
+    let code = "import os, sys\n\
+                saved = os.dup(1)\n\
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 1)\n\
+                print('silenced')\n\
+                sys.stdout.flush()\n\
+                os.dup2(saved, 1)\n\
+                print('shown')";
+    let run = run(&mut client, "c1", code).await;
+    assert_eq!(
+        run.str_field("stdout").as_deref(),
+        Some("shown\n"),
+        "{}",
+        run.text()
+    );
+}
+
+#[tokio::test]
 async fn agent_config_sets_the_timeout_and_can_reset_the_namespace() {
     let agent = agent(&[]).await;
     let mut client = client(&agent).await;

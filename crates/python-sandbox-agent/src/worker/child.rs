@@ -102,6 +102,67 @@ fn drain_output(py: Python<'_>) {
     }
 }
 
+/// Forwards what Python code wrote to `sys.stdout` (`index` 0) or `sys.stderr` (1) straight to the agent, without
+/// the hop through the capture pipe and the pump thread: a `print` costs one write to the agent. What C code or
+/// subprocesses wrote to fd 1/2 before is forwarded first, under the same lock, so the order is kept. In a copy
+/// of the worker made by `fork` the protocol pipe is gone, and code may have closed fd 1/2 or pointed them
+/// elsewhere (`os.dup2`): then the bytes are written to the fd, as a plain `print` would, errors included.
+#[pyfunction]
+fn emit(py: Python<'_>, index: usize, data: &[u8]) -> PyResult<usize> {
+    let len = data.len();
+    let fd = if index == 1 { 2 } else { 1 };
+    let direct = OUTPUT.get().filter(|_| {
+        index <= 1
+            && std::process::id() as i32 == WORKER_PID.load(Ordering::SeqCst)
+            && CAPTURE_IDS
+                .get()
+                .is_some_and(|ids| file_id(fd) == Some(ids[index]))
+    });
+    let Some((shared, pipes)) = direct else {
+        return write_fd(fd, data).map_err(PyErr::from);
+    };
+    py.detach(|| {
+        let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = [0u8; 4096];
+        // The agent gone means the worker exits at the pump's next read; the write simply reports success.
+        let _ = guard.drain(*pipes, &mut buf);
+        let _ = guard.forward(index, data);
+    });
+    Ok(len)
+}
+
+/// The (device, inode) of the capture pipes' write ends, set up once: what fd 1/2 must still be for [`emit`].
+static CAPTURE_IDS: std::sync::OnceLock<[(u64, u64); 2]> = std::sync::OnceLock::new();
+
+/// The (device, inode) `fd` refers to; `None` when it is closed.
+fn file_id(fd: RawFd) -> Option<(u64, u64)> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills the struct when it returns 0.
+    (unsafe { libc::fstat(fd, stat.as_mut_ptr()) } == 0).then(|| {
+        // SAFETY: initialised by the successful fstat.
+        let stat = unsafe { stat.assume_init() };
+        (stat.st_dev, stat.st_ino)
+    })
+}
+
+/// Writes all of `data` to `fd`, as a `FileIO` would.
+fn write_fd(fd: RawFd, mut data: &[u8]) -> io::Result<usize> {
+    let len = data.len();
+    while !data.is_empty() {
+        // SAFETY: writing a valid buffer.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        data = &data[n as usize..];
+    }
+    Ok(len)
+}
+
 const DRIVER: &str = include_str!("driver.py");
 
 /// The capture pipes a supervisor passes in (see [`INHERITED_PIPES`]).
@@ -209,6 +270,9 @@ fn run(limits: &Limits, inherited_pipes: bool) -> Result<(), Error> {
     }));
     let pipes = [fds.stdout_read, fds.stderr_read];
     let _ = OUTPUT.set((shared.clone(), pipes));
+    if let (Some(out), Some(err)) = (file_id(fds.stdout_write), file_id(fds.stderr_write)) {
+        let _ = CAPTURE_IDS.set([out, err]);
+    }
     {
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -234,6 +298,11 @@ fn run(limits: &Limits, inherited_pipes: bool) -> Result<(), Error> {
             .add_function(
                 wrap_pyfunction!(drain_output, &driver)
                     .map_err(|e| Error::LoadDriver(e.to_string()))?,
+            )
+            .map_err(|e| Error::LoadDriver(e.to_string()))?;
+        driver
+            .add_function(
+                wrap_pyfunction!(emit, &driver).map_err(|e| Error::LoadDriver(e.to_string()))?,
             )
             .map_err(|e| Error::LoadDriver(e.to_string()))?;
         let run_cell = driver

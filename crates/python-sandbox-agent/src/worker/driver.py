@@ -25,10 +25,29 @@ def _axp_fresh():
     _ns = main.__dict__
 
 
+class _AxpOutput(io.RawIOBase):
+    """fd 1 or 2 for whoever asks (`fileno()`), but writes go straight to the agent through `emit`."""
+
+    def __init__(self, fd):
+        self._fd = fd
+
+    def writable(self):
+        return True
+
+    def fileno(self):
+        return self._fd
+
+    def isatty(self):
+        return False
+
+    def write(self, data):
+        return emit(self._fd - 1, bytes(data))  # added to this module by the worker (Rust)
+
+
 def _axp_stream(fd):
-    # Line-buffered: a print loop reaches the pipe line by line, not byte by byte.
+    # Line-buffered: a print loop reaches the agent line by line, not byte by byte.
     return io.TextIOWrapper(
-        io.FileIO(fd, "w", closefd=False),
+        _AxpOutput(fd),
         encoding="utf-8",
         errors="backslashreplace",
         line_buffering=True,
