@@ -168,6 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     if cli.runs(Section::RoundTrip) || cli.runs(Section::FirstOutput) {
         let floor = format!("http://{}", floor::start()?);
+        let project_server = format!("http://{}", floor::start_project_server()?);
         let agent = spawn_agent(&binary, venv.dir(), false).await?;
         let peer = python::Peer::start(&venv, &root).await?;
         if cli.runs(Section::RoundTrip) {
@@ -185,19 +186,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 let floor_s =
                     measure(format!("{protocol}: transport floor (bare tonic)"), &floor).await?;
+                let server_s = measure(
+                    format!("{protocol}: project server, agent answering at once"),
+                    &project_server,
+                )
+                .await?;
                 let ours = measure(format!("{protocol}: reference agent"), &agent.url()).await?;
                 let peer_s = measure(
                     format!("{protocol}: grpcio peer (exec in-process)"),
                     &peer.url(),
                 )
                 .await?;
-                for series in [&floor_s, &ours, &peer_s] {
+                for series in [&floor_s, &server_s, &ours, &peer_s] {
                     report.series(series);
                     report.put(
                         &format!("{key}_round_trip_{}", slug(&series.name)),
                         series.json(),
                     );
                 }
+                // The server's share of the gap to the floor; the rest is the Python worker.
+                let server_vs_floor = ratio(server_s.p50(), floor_s.p50());
+                report.row(
+                    &format!("{protocol}: project server ÷ floor (p50)"),
+                    format!("{server_vs_floor:.2}×"),
+                    "",
+                    Verdict::Info,
+                );
+                report.put(
+                    &format!("{key}_server_ratio_vs_floor"),
+                    json!(server_vs_floor),
+                );
                 let vs_floor = ratio(ours.p50(), floor_s.p50());
                 let vs_peer = ratio(peer_s.p50(), ours.p50());
                 report.row(
