@@ -526,17 +526,11 @@ impl Run {
             }
             let flush_at = collector.flush_at();
             // Due now: flush without the timer, whose millisecond ticks would hold output alone in flight for
-            // up to a millisecond. What the worker already wrote (often the cell's end) joins this frame.
-            if flush_at.is_some_and(|at| at <= Instant::now()) {
-                if worker.has_queued_event() && collector.may_wait_for_queued() {
-                    // Read it first; the next turn of the loop flushes.
-                } else {
-                    let batch = collector.flush();
-                    if !batch.is_empty() {
-                        send(batch);
-                    }
-                    continue;
-                }
+            // up to a millisecond.
+            if flush_at.is_some_and(|at| at <= Instant::now())
+                && flush_due(&mut collector, worker, &mut send)
+            {
+                continue;
             }
             let flush_at = flush_at.map(tokio::time::Instant::from_std);
             tokio::select! {
@@ -550,15 +544,7 @@ impl Run {
                     died @ Event::Died(_) => break Some(died),
                 },
                 () = sleep_until(flush_at) => {
-                    // What the worker already wrote (often the cell's end) joins this frame; output alone in
-                    // flight goes at once.
-                    if worker.has_queued_event() && collector.may_wait_for_queued() {
-                        continue;
-                    }
-                    let batch = collector.flush();
-                    if !batch.is_empty() {
-                        send(batch);
-                    }
+                    flush_due(&mut collector, worker, &mut send);
                 }
                 () = tokio::time::sleep_until(deadline), if stop.is_none() => {
                     tracing::info!(?timeout, "cell timed out: interrupting");
@@ -688,6 +674,24 @@ impl Run {
             slot.notice = None;
         }
     }
+}
+
+/// Flushes the output that is due, unless the worker already wrote more that can join it in the same frame (often
+/// the cell's end): then that is read first, and the next turn of the loop flushes. Output alone in flight goes at
+/// once. Returns whether it flushed.
+fn flush_due(
+    collector: &mut Collector,
+    worker: &Worker,
+    send: &mut impl FnMut(Vec<Message>),
+) -> bool {
+    if worker.has_queued_event() && collector.may_wait_for_queued() {
+        return false;
+    }
+    let batch = collector.flush();
+    if !batch.is_empty() {
+        send(batch);
+    }
+    true
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

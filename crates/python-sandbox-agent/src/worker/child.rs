@@ -93,13 +93,18 @@ static OUTPUT: std::sync::OnceLock<(Arc<Mutex<Shared>>, [RawFd; 2])> = std::sync
 #[pyfunction]
 fn drain_output(py: Python<'_>) {
     if let Some((shared, pipes)) = OUTPUT.get() {
-        py.detach(|| {
-            // The pump forwards under this lock, so holding it means nothing is in flight.
-            let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
-            let mut buf = vec![0u8; 64 * 1024];
-            let _ = guard.drain(*pipes, &mut buf);
-        });
+        py.detach(|| drop(lock_drained(shared, *pipes)));
     }
+}
+
+/// Locks the shared state once everything written to fd 1/2 so far (by C code, subprocesses) is forwarded: the
+/// pump forwards under this lock, so holding it means nothing is in flight, and what is forwarded next comes
+/// after it. A failed forward means the agent is gone, which the pump notices and ends the worker.
+fn lock_drained(shared: &Mutex<Shared>, pipes: [RawFd; 2]) -> std::sync::MutexGuard<'_, Shared> {
+    let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
+    let mut buf = [0u8; 4096];
+    let _ = guard.drain(pipes, &mut buf);
+    guard
 }
 
 /// Forwards what Python code wrote to `sys.stdout` (`index` 0) or `sys.stderr` (1) straight to the agent, without
@@ -122,11 +127,8 @@ fn emit(py: Python<'_>, index: usize, data: &[u8]) -> PyResult<usize> {
         return write_fd(fd, data).map_err(PyErr::from);
     };
     py.detach(|| {
-        let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
-        let mut buf = [0u8; 4096];
         // The agent gone means the worker exits at the pump's next read; the write simply reports success.
-        let _ = guard.drain(*pipes, &mut buf);
-        let _ = guard.forward(index, data);
+        let _ = lock_drained(shared, *pipes).forward(index, data);
     });
     Ok(len)
 }
@@ -145,7 +147,8 @@ fn file_id(fd: RawFd) -> Option<(u64, u64)> {
     })
 }
 
-/// Writes all of `data` to `fd`, as a `FileIO` would.
+/// Writes all of `data` to `fd`, as a `FileIO` would. Raw `write`, not a borrowed `File`: the code may have closed
+/// the fd, which a `File` must never hold, and then this reports EBADF as `print` would.
 fn write_fd(fd: RawFd, mut data: &[u8]) -> io::Result<usize> {
     let len = data.len();
     while !data.is_empty() {
