@@ -4,7 +4,7 @@
 //! are comparable across resources. Each write is recorded as an [`Event`] in a bounded history
 //! (for watches resuming from an old resourceVersion) and broadcast to live watches.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -49,12 +49,25 @@ pub(crate) struct Expired {
 pub(crate) struct Store {
     rv: u64,
     objects: HashMap<ResourceKey, BTreeMap<ObjectKey, Value>>,
+    /// Owner uid → the objects whose `metadata.ownerReferences` name it, so a cascading delete finds dependents
+    /// without scanning every object (a thousand claims deleted at once would otherwise cost a million scans).
+    dependents: HashMap<String, BTreeSet<(ResourceKey, ObjectKey)>>,
     history: VecDeque<Arc<Event>>,
     history_limit: usize,
     /// Every event with a resourceVersion above this is still in `history`.
     compacted_rv: u64,
     events: broadcast::Sender<Arc<Event>>,
     hooks: WriteHooks,
+}
+
+/// The uids `object`'s `metadata.ownerReferences` name.
+fn owner_uids(object: &Value) -> impl Iterator<Item = &str> {
+    object
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("uid").and_then(Value::as_str))
 }
 
 pub(crate) fn object_key(object: &Value) -> ObjectKey {
@@ -81,6 +94,7 @@ impl Store {
         Self {
             rv: 1,
             objects: HashMap::new(),
+            dependents: HashMap::new(),
             history: VecDeque::new(),
             history_limit,
             compacted_rv: 0,
@@ -117,22 +131,34 @@ impl Store {
 
     /// Every stored object whose `metadata.ownerReferences` names `owner_uid`.
     pub(crate) fn dependents(&self, owner_uid: &str) -> Vec<(ResourceKey, ObjectKey)> {
-        let mut out = Vec::new();
-        for (resource, objects) in &self.objects {
-            for (key, object) in objects {
-                let owned = object
-                    .pointer("/metadata/ownerReferences")
-                    .and_then(Value::as_array)
-                    .is_some_and(|refs| {
-                        refs.iter()
-                            .any(|r| r.get("uid").and_then(Value::as_str) == Some(owner_uid))
-                    });
-                if owned {
-                    out.push((resource.clone(), key.clone()));
+        self.dependents
+            .get(owner_uid)
+            .map(|objects| objects.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Moves `(resource, key)` in the owner index from the owners `before` names to those `after` names.
+    fn reindex_owners(
+        &mut self,
+        resource: &ResourceKey,
+        key: &ObjectKey,
+        before: Option<&Value>,
+        after: Option<&Value>,
+    ) {
+        for uid in before.into_iter().flat_map(owner_uids) {
+            if let Some(objects) = self.dependents.get_mut(uid) {
+                objects.remove(&(resource.clone(), key.clone()));
+                if objects.is_empty() {
+                    self.dependents.remove(uid);
                 }
             }
         }
-        out
+        for uid in after.into_iter().flat_map(owner_uids) {
+            self.dependents
+                .entry(uid.to_owned())
+                .or_default()
+                .insert((resource.clone(), key.clone()));
+        }
     }
 
     /// Stores a new object, stamping the next resourceVersion.
@@ -167,12 +193,19 @@ impl Store {
             object: &object,
         });
         let previous = match kind {
-            EventType::Deleted => None,
-            _ => self
-                .objects
-                .entry(resource.clone())
-                .or_default()
-                .insert(key, object.clone()),
+            EventType::Deleted => {
+                self.reindex_owners(resource, &key, Some(&object), None);
+                None
+            }
+            _ => {
+                let previous = self
+                    .objects
+                    .entry(resource.clone())
+                    .or_default()
+                    .insert(key.clone(), object.clone());
+                self.reindex_owners(resource, &key, previous.as_ref(), Some(&object));
+                previous
+            }
         };
         let event = Arc::new(Event {
             rv: self.rv,
@@ -242,6 +275,36 @@ mod tests {
         assert_eq!(
             resource_version(&gone),
             Some((b_rv + 1).to_string().as_str())
+        );
+    }
+
+    #[test]
+    fn dependents_follow_owner_references_through_updates_and_deletes() {
+        let mut store = Store::new(10);
+        let owned_by = |name: &str, uids: &[&str]| {
+            let refs: Vec<_> = uids.iter().map(|uid| json!({"uid": uid})).collect();
+            json!({"metadata": {"name": name, "namespace": "ns", "ownerReferences": refs}})
+        };
+        let child = ("ns".to_owned(), "child".to_owned());
+        store.insert(&key(), owned_by("child", &["a", "b"]));
+        store.insert(&key(), owned_by("other", &["b"]));
+        assert_eq!(store.dependents("a"), vec![(key(), child.clone())]);
+        assert_eq!(store.dependents("b").len(), 2);
+
+        // Re-owned: it leaves a's dependents and joins c's.
+        store.update(&key(), owned_by("child", &["c"]));
+        assert!(store.dependents("a").is_empty());
+        assert_eq!(
+            store.dependents("b"),
+            vec![(key(), ("ns".into(), "other".into()))]
+        );
+        assert_eq!(store.dependents("c"), vec![(key(), child.clone())]);
+
+        store.remove(&key(), &child);
+        assert!(store.dependents("c").is_empty());
+        assert!(
+            !store.dependents.contains_key("c"),
+            "emptied owners are dropped"
         );
     }
 
