@@ -74,6 +74,28 @@ async fn the_last_expression_value_is_reported_like_a_notebook() {
 }
 
 #[tokio::test]
+async fn one_line_cells_run_alike_whether_expressions_or_statements() {
+    let agent = agent(&[]).await;
+    let mut client = client(&agent).await;
+    let statement = run(&mut client, "c1", "x = 6").await;
+    assert!(statement.bool_field("ok"));
+    assert_eq!(statement.str_field("value"), None);
+    let expression = run(&mut client, "c1", "x * 7  # a comment").await;
+    assert_eq!(expression.str_field("value").as_deref(), Some("42"));
+    // Statements and an expression on one line: the last expression's value, as on several lines.
+    let both = run(&mut client, "c1", "import math; math.floor(x / 4)").await;
+    assert_eq!(both.str_field("value").as_deref(), Some("1"));
+    let failing = run(&mut client, "c1", "x / 0").await;
+    assert_eq!(
+        failing.str_field("error_type").as_deref(),
+        Some("ZeroDivisionError")
+    );
+    let traceback = failing.str_field("traceback").unwrap_or_default();
+    assert!(traceback.contains("line 1"), "{traceback}");
+    assert!(!traceback.contains("axp-driver"), "{traceback}");
+}
+
+#[tokio::test]
 async fn exceptions_are_results_with_a_traceback_not_errors() {
     let agent = agent(&[]).await;
     let mut client = client(&agent).await;

@@ -97,6 +97,29 @@ def _axp_describe(exc):
         return (type(exc).__name__, "", type(exc).__name__ + "\n")
 
 
+def _axp_exec(source, filename):
+    """Runs a cell notebook style: the value of its last statement if that is an expression, else None."""
+    expression = None
+    if "\n" not in source.strip():
+        # A one-line cell that is one expression (`print(x)`, `df.head()`: the common case) compiles straight from
+        # the source, without the Python-level syntax tree the general case needs, which costs as much again.
+        # Longer cells are seldom one expression, and a failed attempt would cost them the time it saves.
+        try:
+            expression = compile(source, filename, "eval")
+        except (SyntaxError, ValueError):
+            pass
+    if expression is not None:
+        return eval(expression, _ns)
+    tree = ast.parse(source, filename, "exec")
+    last = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    exec(compile(tree, filename, "exec"), _ns)
+    if last is not None:
+        return eval(compile(last, filename, "eval"), _ns)
+    return None
+
+
 def _axp_run(source, filename, reset, value_limit):
     """Runs one cell; returns (value repr or None, value truncated, error triple or None)."""
     if reset or _ns is None:
@@ -109,16 +132,10 @@ def _axp_run(source, filename, reset, value_limit):
     error = None
     try:
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-        tree = ast.parse(source, filename, "exec")
-        last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = ast.Expression(tree.body.pop().value)
-        exec(compile(tree, filename, "exec"), _ns)
-        if last is not None:
-            result = eval(compile(last, filename, "eval"), _ns)
-            if result is not None:
-                _ns["_"] = result
-                value = repr(result)
+        result = _axp_exec(source, filename)
+        if result is not None:
+            _ns["_"] = result
+            value = repr(result)
     except BaseException as exc:
         error = _axp_describe(exc)
         exc = None
