@@ -137,7 +137,8 @@ impl Store {
             .unwrap_or_default()
     }
 
-    /// Moves `(resource, key)` in the owner index from the owners `before` names to those `after` names.
+    /// Moves `(resource, key)` in the owner index from the owners `before` names to those `after` names. Most
+    /// writes (status updates) keep the owners: then nothing in the index changes.
     fn reindex_owners(
         &mut self,
         resource: &ResourceKey,
@@ -145,17 +146,19 @@ impl Store {
         before: Option<&Value>,
         after: Option<&Value>,
     ) {
-        for uid in before.into_iter().flat_map(owner_uids) {
-            if let Some(objects) = self.dependents.get_mut(uid) {
+        let before: Vec<&str> = before.into_iter().flat_map(owner_uids).collect();
+        let after: Vec<&str> = after.into_iter().flat_map(owner_uids).collect();
+        for uid in before.iter().filter(|uid| !after.contains(uid)) {
+            if let Some(objects) = self.dependents.get_mut(*uid) {
                 objects.remove(&(resource.clone(), key.clone()));
                 if objects.is_empty() {
-                    self.dependents.remove(uid);
+                    self.dependents.remove(*uid);
                 }
             }
         }
-        for uid in after.into_iter().flat_map(owner_uids) {
+        for uid in after.iter().filter(|uid| !before.contains(uid)) {
             self.dependents
-                .entry(uid.to_owned())
+                .entry((*uid).to_owned())
                 .or_default()
                 .insert((resource.clone(), key.clone()));
         }
@@ -299,6 +302,13 @@ mod tests {
             vec![(key(), ("ns".into(), "other".into()))]
         );
         assert_eq!(store.dependents("c"), vec![(key(), child.clone())]);
+
+        // An update that keeps the owners (a status write) keeps it indexed.
+        store.update(&key(), owned_by("other", &["b"]));
+        assert_eq!(
+            store.dependents("b"),
+            vec![(key(), ("ns".into(), "other".into()))]
+        );
 
         store.remove(&key(), &child);
         assert!(store.dependents("c").is_empty());
