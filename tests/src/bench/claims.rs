@@ -8,7 +8,7 @@
 //! writes with a hook on the fake API server.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -232,7 +232,7 @@ async fn pool_ready(cluster: &FakeCluster, members: usize) -> anyhow::Result<Dur
 
 /// `conversations` acquires at once from a backend process against a fresh fake cluster.
 pub async fn scale(
-    bench: &Path,
+    bench: PathBuf,
     conversations: usize,
     warm: bool,
     mode: WatchMode,
@@ -254,7 +254,7 @@ pub async fn scale(
         WatchMode::PerClaim => "per-claim",
         _ => "shared",
     };
-    let output = tokio::process::Command::new(bench)
+    let output = tokio::process::Command::new(&bench)
         .args(["scale-client", "--url", &server.url(), "--namespace"])
         .arg(cluster.namespace())
         .args(["--conversations", &conversations.to_string()])

@@ -135,6 +135,25 @@ async fn spawn_agent(binary: &Path, venv: &Path, pinned: bool) -> anyhow::Result
     Ok(LocalAgent::from_command(command).await?)
 }
 
+/// Runs `work` on a multi-threaded runtime of its own, on a thread of its own, and waits for
+/// it without blocking this one. The scale runs' fake cluster (its API server and simulated
+/// controller) spawns its tasks there, so it uses every core, as a real API server does,
+/// instead of this single-threaded runtime, which the latency sections need.
+async fn on_every_core<T: Send + 'static>(
+    work: impl Future<Output = anyhow::Result<T>> + Send + 'static,
+) -> anyhow::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("scale-cluster".into())
+        .spawn(move || {
+            let result = tokio::runtime::Runtime::new()
+                .context("a runtime for the scale run")
+                .and_then(|runtime| runtime.block_on(work));
+            let _ = tx.send(result);
+        })?;
+    rx.await.context("the scale run's thread died")?
+}
+
 fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-9)
 }
@@ -349,7 +368,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let mut runs = Vec::new();
         for warm in [true, false] {
             for mode in [WatchMode::Shared, WatchMode::PerClaim] {
-                match claims::scale(&bench, n, warm, mode).await {
+                match on_every_core(claims::scale(bench.clone(), n, warm, mode)).await {
                     Ok(run) => {
                         scale_rows(&mut report, &run);
                         runs.push(run.json());
