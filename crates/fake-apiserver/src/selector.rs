@@ -102,7 +102,7 @@ impl LabelSelector {
     }
 
     pub(crate) fn matches(&self, object: &Value) -> bool {
-        let labels = object.pointer("/metadata/labels");
+        let labels = metadata_field(object, "labels");
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
         self.0.iter().all(|req| match req {
             LabelReq::Eq(k, v) => get(k) == Some(v.as_str()),
@@ -141,18 +141,23 @@ impl FieldSelector {
 
     pub(crate) fn matches(&self, object: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {
-            let pointer = if field == "metadata.name" {
-                "/metadata/name"
+            let name = if field == "metadata.name" {
+                "name"
             } else {
-                "/metadata/namespace"
+                "namespace"
             };
-            let actual = object
-                .pointer(pointer)
+            let actual = metadata_field(object, name)
                 .and_then(Value::as_str)
                 .unwrap_or("");
             (actual == value) == *equal
         })
     }
+}
+
+/// `metadata.<field>` of an object. Selectors run for every event on every watch, so this
+/// indexes directly instead of parsing a JSON pointer, which allocates for every segment.
+pub(crate) fn metadata_field<'a>(object: &'a Value, field: &str) -> Option<&'a Value> {
+    object.get("metadata")?.get(field)
 }
 
 /// Both selectors of one list or watch request.

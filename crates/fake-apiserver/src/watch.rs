@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::crd::Resource;
 use crate::observe::WatchGuard;
-use crate::selector::Selectors;
+use crate::selector::{Selectors, metadata_field};
 use crate::status::ApiError;
 use crate::store::{Event, EventType, Store};
 
@@ -64,8 +64,7 @@ impl WatchRequest {
     }
 
     fn in_scope(&self, object: &Value) -> bool {
-        let ns = object
-            .pointer("/metadata/namespace")
+        let ns = metadata_field(object, "namespace")
             .and_then(Value::as_str)
             .unwrap_or("");
         self.namespace.as_deref().is_none_or(|n| n == ns)
