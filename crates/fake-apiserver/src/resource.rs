@@ -177,15 +177,19 @@ pub(crate) fn now() -> String {
         .to_string()
 }
 
-/// Everything except `metadata` and `status`: what `generation` tracks.
-fn spec_part(object: &Value) -> Value {
-    let mut v = object.clone();
-    if let Some(m) = v.as_object_mut() {
-        for k in ["metadata", "status", "apiVersion", "kind"] {
-            m.remove(k);
+/// Whether two objects agree on everything but `metadata`, `status` and their type: what
+/// `generation` tracks. Every write asks, so the parts are compared in place, not on copies.
+fn same_spec(a: &Value, b: &Value) -> bool {
+    let spec = |k: &String| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind");
+    match (a.as_object(), b.as_object()) {
+        (Some(a), Some(b)) => {
+            a.keys().filter(|k| spec(k)).count() == b.keys().filter(|k| spec(k)).count()
+                && a.iter()
+                    .filter(|(k, _)| spec(k))
+                    .all(|(k, v)| b.get(k) == Some(v))
         }
+        _ => a == b,
     }
-    v
 }
 
 fn finalizers(object: &Value) -> usize {
@@ -478,7 +482,7 @@ fn write(
     desired["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
     let mut desired = t.present(desired);
     t.validate(&mut desired, opts)?;
-    if spec_part(&desired) != spec_part(&current) {
+    if !same_spec(&desired, &current) {
         let generation = current
             .pointer("/metadata/generation")
             .and_then(Value::as_i64)
@@ -676,6 +680,26 @@ mod tests {
         for bad in ["", "A", "-a", "a-", "a..b", "a_b", &"a".repeat(254)] {
             assert!(!is_dns1123_subdomain(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn generation_tracks_the_spec_and_not_metadata_status_or_type() {
+        let base = json!({
+            "apiVersion": "v1", "kind": "K",
+            "metadata": {"name": "a", "labels": {"x": "1"}},
+            "spec": {"n": 1}, "status": {"ready": false},
+        });
+        let mut other = base.clone();
+        other["metadata"]["labels"]["x"] = json!("2");
+        other["status"]["ready"] = json!(true);
+        other["apiVersion"] = json!("v2");
+        assert!(same_spec(&base, &other));
+        other["spec"]["n"] = json!(2);
+        assert!(!same_spec(&base, &other));
+        // A top-level field the other lacks is a spec change, on either side.
+        let mut extra = base.clone();
+        extra["data"] = json!({"k": "v"});
+        assert!(!same_spec(&base, &extra) && !same_spec(&extra, &base));
     }
 
     #[test]

@@ -119,7 +119,7 @@ async fn a_restarted_controller_finishes_the_claims_its_predecessor_left_half_do
 }
 
 #[tokio::test]
-async fn many_claims_at_once_all_become_ready_from_the_pool_and_cold() {
+async fn many_claims_at_once_all_become_ready_from_the_pool_and_cold_each_with_its_own_sandbox() {
     let cluster = cluster(
         FakeClusterOptions::default().ready_mode(ReadyMode::After(Duration::ZERO)),
         10,
@@ -128,6 +128,14 @@ async fn many_claims_at_once_all_become_ready_from_the_pool_and_cold() {
     let api = claim_api(&cluster);
     create_claims(&api, (0..60).map(|i| format!("load-{i}"))).await;
     eventually_all_ready(&api, 60, Duration::from_secs(30)).await;
+    // Claims adopt pool members concurrently: none may be handed to two of them.
+    let list = api.list(&Default::default()).await.expect("list claims");
+    let sandboxes: std::collections::HashSet<_> = list
+        .items
+        .iter()
+        .filter_map(|c| c.status.as_ref()?.sandbox.as_ref()?.name.clone())
+        .collect();
+    assert_eq!(sandboxes.len(), 60, "{sandboxes:?}");
 }
 
 #[tokio::test]

@@ -243,7 +243,8 @@ struct Shared {
     claims: Store<DynamicObject>,
     sandboxes: Store<DynamicObject>,
     pools: Store<DynamicObject>,
-    pool_lock: tokio::sync::Mutex<()>,
+    /// Shared by adoptions, taken exclusively by a pod replacement (see [`Shared::adopt`]).
+    pool_lock: tokio::sync::RwLock<()>,
     /// Serializes pod replacements.
     replace_lock: tokio::sync::Mutex<()>,
     counter: std::sync::atomic::AtomicU64,
@@ -453,7 +454,7 @@ impl SimulatedController {
             claims: claim_ctl.store(),
             sandboxes: sandbox_ctl.store(),
             pools,
-            pool_lock: tokio::sync::Mutex::new(()),
+            pool_lock: tokio::sync::RwLock::new(()),
             replace_lock: tokio::sync::Mutex::new(()),
             counter: std::sync::atomic::AtomicU64::new(0),
         });

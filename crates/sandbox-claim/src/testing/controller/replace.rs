@@ -17,7 +17,7 @@ impl Shared {
     async fn replace_pod_serialized(&self, sandbox_name: &str) -> Result<PodStarted, ReplaceError> {
         // Held while the sandbox may be an unclaimed pool member, so that `adopt` cannot
         // hand it out between "not Ready" and "Ready again".
-        let mut pool_guard = Some(self.pool_lock.lock().await);
+        let mut pool_guard = Some(self.pool_lock.write().await);
         let sandbox_gone = || ReplaceError::SandboxNotFound {
             sandbox: sandbox_name.to_owned(),
         };

@@ -160,26 +160,41 @@ impl Shared {
     /// goes, as in upstream's warm adoption. The patch carries the member's resourceVersion,
     /// so a member changed meanwhile (adopted by another claim, its pod replaced) is not
     /// taken; the claim is then reconciled again.
+    ///
+    /// Claims adopt concurrently: a member is reserved (in `adopted`) when it is chosen, so no
+    /// two claims choose the same one, and the reservation is dropped again if the patch does
+    /// not land. A pod replacement takes the pool lock exclusively, so it waits for adoptions
+    /// in flight and none starts while it runs.
     pub(super) async fn adopt(
         &self,
         claim: &DynamicObject,
         pool: &str,
     ) -> Result<Option<DynamicObject>, ReconcileError> {
-        let _guard = self.pool_lock.lock().await;
+        let _shared = self.pool_lock.read().await;
         let hash = name_hash(pool);
-        let candidate = {
-            let adopted = lock(&self.adopted);
+        let reservation = {
+            let mut adopted = lock(&self.adopted);
             let replacing = lock(&self.replacing);
-            self.sandboxes.find(|s| {
-                is_member(s, &hash)
-                    && is_ready(s)
-                    && !adopted.contains(&s.uid().unwrap_or_default())
-                    && !replacing.contains(&s.name_any())
-            })
+            self.sandboxes
+                .find(|s| {
+                    is_member(s, &hash)
+                        && is_ready(s)
+                        && !adopted.contains(&s.uid().unwrap_or_default())
+                        && !replacing.contains(&s.name_any())
+                })
+                .map(|candidate| {
+                    adopted.insert(candidate.uid().unwrap_or_default());
+                    Reservation {
+                        adopted: &self.adopted,
+                        candidate,
+                        landed: false,
+                    }
+                })
         };
-        let Some(candidate) = candidate else {
+        let Some(mut reservation) = reservation else {
             return Ok(None);
         };
+        let candidate = &reservation.candidate;
         let name = candidate.name_any();
         let patch = json!({
             "metadata": {
@@ -198,8 +213,24 @@ impl Shared {
             .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
             .await
             .map_err(step("adopt warm pool sandbox"))?;
-        lock(&self.adopted).insert(adopted.uid().unwrap_or_default());
+        reservation.landed = true;
         Ok(Some(adopted))
+    }
+}
+
+/// A pool member chosen by one claim: kept in `adopted` once the adoption landed, released
+/// if it did not (the patch failed, or the reconcile was dropped mid-way).
+struct Reservation<'a> {
+    adopted: &'a Mutex<HashSet<String>>,
+    candidate: Arc<DynamicObject>,
+    landed: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.landed {
+            lock(self.adopted).remove(&self.candidate.uid().unwrap_or_default());
+        }
     }
 }
 
