@@ -2,6 +2,8 @@
 
 use serde_json::Value;
 
+use crate::store::metadata_field;
+
 /// A selector that could not be parsed; answered as 400 BadRequest.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -152,12 +154,6 @@ impl FieldSelector {
             (actual == value) == *equal
         })
     }
-}
-
-/// `metadata.<field>` of an object. Selectors run for every event on every watch, so this
-/// indexes directly instead of parsing a JSON pointer, which allocates for every segment.
-pub(crate) fn metadata_field<'a>(object: &'a Value, field: &str) -> Option<&'a Value> {
-    object.get("metadata")?.get(field)
 }
 
 /// Both selectors of one list or watch request.

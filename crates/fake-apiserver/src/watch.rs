@@ -27,9 +27,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::crd::Resource;
 use crate::observe::WatchGuard;
-use crate::selector::{Selectors, metadata_field};
+use crate::selector::Selectors;
 use crate::status::ApiError;
-use crate::store::{Event, EventType, Store};
+use crate::store::{Event, EventType, Store, metadata_field};
 
 /// A parsed watch request.
 #[derive(Debug, Clone)]
